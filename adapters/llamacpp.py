@@ -1,0 +1,280 @@
+"""llama.cpp backend: one model, one context, one sequence id per stream.
+
+All live streams advance in one ``llama_decode`` per step. The weights are loaded once (or taken
+from an existing ``llama_cpp.Llama``); the context keeps a unified KV cache so every stream can use
+the whole context. Logits are read per batch position (``llama_get_logits_ith``) and copied,
+since the next decode overwrites llama.cpp's buffer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from guardrail.adapters._template import render_chat_template
+from guardrail.adapters.base import Backend, Message, Streams
+from guardrail.errors import BackendError, ConfigError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+
+def _import_llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise BackendError(
+            "the llama.cpp backend needs llama-cpp-python: "
+            "pip install 'guardrail-decoding[llamacpp]'"
+        ) from e
+    return llama_cpp
+
+
+class LlamaCppStreams(Streams):
+    """Sequences of the backend's context; sequence ids are recycled from a free list."""
+
+    def __init__(self, backend: LlamaCppBackend, prompts: Sequence[Sequence[int]]):
+        self._b = backend
+        self._lib = backend.lib
+        self._seq = list(range(len(prompts)))
+        self._pos = [len(p) for p in prompts]
+        self._closed = False
+        self._lib.llama_memory_clear(backend.memory, True)
+        self._last = np.empty((len(prompts), backend.vocab_size), dtype=np.float32)
+        self._prefill(prompts)
+
+    def _decode(self, entries: Sequence[tuple[int, int, int, bool]]) -> None:
+        """Decode (token, pos, seq_id, want_logits) entries as one batch."""
+        batch = self._b.batch.batch
+        for j, (tok, pos, seq, logits) in enumerate(entries):
+            batch.token[j] = tok
+            batch.pos[j] = pos
+            batch.n_seq_id[j] = 1
+            batch.seq_id[j][0] = seq
+            batch.logits[j] = logits
+        batch.n_tokens = len(entries)
+        rc = self._lib.llama_decode(self._b.ctx, batch)
+        if rc != 0:
+            hint = " (KV cache full: raise n_ctx)" if rc == 1 else ""
+            raise BackendError(f"llama_decode returned {rc}{hint}")
+
+    def _read(self, batch_index: int, row: int) -> None:
+        ptr = self._lib.llama_get_logits_ith(self._b.ctx, batch_index)
+        if not ptr:
+            raise BackendError(f"llama.cpp returned no logits for batch position {batch_index}")
+        self._last[row] = np.ctypeslib.as_array(ptr, shape=(self._b.vocab_size,))
+
+    def _prefill(self, prompts: Sequence[Sequence[int]]) -> None:
+        flat = [
+            (tok, pos, s, pos == len(p) - 1) for s, p in enumerate(prompts) for pos, tok in
+            enumerate(p)
+        ]
+        cap = self._b.n_batch
+        for start in range(0, len(flat), cap):
+            chunk = flat[start : start + cap]
+            self._decode(chunk)
+            for j, (_, _, s, want) in enumerate(chunk):
+                if want:
+                    self._read(j, s)
+
+    def _check(self) -> None:
+        if self._closed:
+            raise BackendError("streams are closed")
+
+    @property
+    def n_live(self) -> int:
+        return len(self._seq)
+
+    def logits(self) -> NDArray[np.float32]:
+        self._check()
+        return self._last.copy()
+
+    def append(self, tokens: Sequence[int]) -> None:
+        self._check()
+        if len(tokens) != self.n_live:
+            raise ConfigError(f"append: {len(tokens)} tokens for {self.n_live} live streams")
+        self._decode([(t, p, s, True) for t, p, s in zip(tokens, self._pos, self._seq)])
+        for j in range(self.n_live):
+            self._read(j, j)
+        self._pos = [p + 1 for p in self._pos]
+
+    def keep(self, indices: Sequence[int]) -> None:
+        self._check()
+        idx = list(indices)
+        for i in set(range(self.n_live)) - set(idx):
+            self._lib.llama_memory_seq_rm(self._b.memory, self._seq[i], -1, -1)
+        self._seq = [self._seq[i] for i in idx]
+        self._pos = [self._pos[i] for i in idx]
+        self._last = self._last[idx]
+
+    def lengths(self) -> list[int]:
+        return list(self._pos)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._lib.llama_memory_clear(self._b.memory, True)
+
+
+class LlamaCppBackend(Backend):
+    """A GGUF model under llama.cpp.
+
+    Args:
+        model: a ``.gguf`` path, or an existing ``llama_cpp.Llama`` whose weights are reused
+            (no second copy; a separate context is made for the streams).
+        n_ctx: context size (tokens of all live streams share one unified KV cache).
+        n_threads: CPU threads (default: all cores).
+        n_gpu_layers: layers offloaded to the GPU (-1 = all); ignored for an existing ``Llama``.
+        n_seq_max: most streams open at once (AdaCD uses 2 per request).
+        n_batch: most tokens per decode call during prefill.
+    """
+
+    name = "llamacpp"
+
+    def __init__(
+        self,
+        model: str | Path | Llama,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        n_seq_max: int = 16,
+        n_batch: int = 512,
+        verbose: bool = False,
+    ):
+        lib = _import_llama_cpp()
+        from llama_cpp import Llama, _internals, _logger
+
+        _logger.set_verbose(verbose)
+
+        if n_ctx < 16:
+            raise ConfigError(f"n_ctx must be >= 16, got {n_ctx}")
+        if n_threads is not None and n_threads < 1:
+            raise ConfigError(f"n_threads must be >= 1, got {n_threads}")
+        self.lib = lib
+        if isinstance(model, Llama):
+            self._model = model._model
+            self._owner: Any = model  # keep the Llama (and its weights) alive
+            self._name = Path(model.model_path).name
+        else:
+            path = Path(model).expanduser()
+            if not path.is_file():
+                raise ModelNotFoundError(f"model: no such GGUF file: {str(path)!r}")
+            mparams = lib.llama_model_default_params()
+            mparams.n_gpu_layers = n_gpu_layers
+            try:
+                self._model = _internals.LlamaModel(
+                    path_model=str(path), params=mparams, verbose=verbose
+                )
+            except ValueError as e:
+                raise BackendError(f"llama.cpp could not load {str(path)!r}: {e}") from e
+            self._owner = None
+            self._name = path.name
+        threads = n_threads or os.cpu_count() or 1
+        self.n_batch = max(n_batch, n_seq_max)
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = self.n_batch
+        cparams.n_ubatch = self.n_batch
+        cparams.n_seq_max = n_seq_max
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.kv_unified = True
+        cparams.no_perf = True
+        self._ctx = _internals.LlamaContext(model=self._model, params=cparams, verbose=verbose)
+        self.ctx = self._ctx.ctx
+        self.memory = self._ctx.memory
+        self.batch = _internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1,
+                                           verbose=verbose)
+        self.n_seq_max = n_seq_max
+        self._n_ctx = int(lib.llama_n_ctx(self.ctx))
+        self._vocab = lib.llama_model_get_vocab(self._model.model)
+        self._n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
+        self._eot = frozenset(
+            t for t in range(self._n_vocab) if lib.llama_vocab_is_eog(self._vocab, t)
+        )
+        self._template = self._model.metadata().get("tokenizer.chat_template")
+        self._pieces: dict[int, bytes] = {}
+        self._bos = self._piece(lib.llama_vocab_bos(self._vocab))
+        self._eos = self._piece(lib.llama_vocab_eos(self._vocab))
+
+    def _piece(self, token: int) -> str:
+        if token < 0:
+            return ""
+        text = self.lib.llama_vocab_get_text(self._vocab, token)
+        return text.decode("utf-8", errors="replace") if text else ""
+
+    @property
+    def model_name(self) -> str:
+        return self._name
+
+    @property
+    def vocab_size(self) -> int:
+        return self._n_vocab
+
+    @property
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    @property
+    def end_of_turn_ids(self) -> frozenset[int]:
+        return self._eot
+
+    @property
+    def chat_template(self) -> str | None:
+        return self._template
+
+    def render(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        if not self._template:
+            raise BackendError(f"{self._name}: the GGUF carries no chat template")
+        return render_chat_template(
+            self._template, messages, tools=tools, add_generation_prompt=add_generation_prompt,
+            bos_token=self._bos, eos_token=self._eos,
+        )
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self._model.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def _bytes(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = self.lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            if n < 0:  # piece longer than the buffer
+                buf = ctypes.create_string_buffer(-n)
+                n = self.lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            piece = self._pieces[token] = buf.raw[:n]
+        return piece
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return b"".join(self._bytes(int(t)) for t in ids).decode("utf-8", errors="replace")
+
+    def open(self, prompts: Sequence[Sequence[int]]) -> LlamaCppStreams:
+        if not prompts:
+            raise ConfigError("open: at least one prompt is needed")
+        if len(prompts) > self.n_seq_max:
+            raise ConfigError(
+                f"open: {len(prompts)} streams exceed n_seq_max={self.n_seq_max} of this backend"
+            )
+        total = sum(len(p) for p in prompts)
+        if total > self._n_ctx:
+            raise ConfigError(
+                f"open: {total} prompt tokens over all streams exceed n_ctx={self._n_ctx}"
+            )
+        return LlamaCppStreams(self, prompts)
+
+    def close(self) -> None:
+        self._ctx.close()
+        self.batch.close()

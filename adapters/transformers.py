@@ -1,0 +1,274 @@
+"""Hugging Face transformers backend: streams are rows of one batch sharing a KV cache.
+
+Streams of different lengths are left-padded; the attention mask hides the padding and explicit
+position ids (each stream counts from 0 at its first real token) keep positions what they would be alone. Only
+the last position's logits are computed, and they are copied to float32 numpy once per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from guardrail.adapters.base import KNOWN_END_OF_TURN, Backend, Message, Streams
+from guardrail.errors import BackendError, ConfigError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+DTYPES = ("float32", "float16", "bfloat16", "auto")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+        import transformers  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise BackendError(
+            "the transformers backend needs torch and transformers: "
+            "pip install 'guardrail-decoding[transformers]'"
+        ) from e
+    return torch
+
+
+class TransformersStreams(Streams):
+    """Rows of one left-padded batch with a shared ``DynamicCache``."""
+
+    def __init__(self, backend: TransformersBackend, prompts: Sequence[Sequence[int]]):
+        torch = _import_torch()
+        from transformers import DynamicCache
+
+        self._torch = torch
+        self._model = backend.model
+        dev = backend.device
+        width = max(len(p) for p in prompts)
+        pad = backend.pad_token_id
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+            mask[i, width - len(p) :] = 1
+        if backend.reference_mask_token is not None:  # reproduce the reference's flaw, on request
+            mask = mask * (ids != backend.reference_mask_token).long()
+        self._mask = mask.to(dev)
+        self._lengths = [len(p) for p in prompts]
+        self._cache = DynamicCache()
+        self._closed = False
+        positions = torch.tensor(
+            [[0] * (width - n) + list(range(n)) for n in self._lengths], dtype=torch.long
+        )
+        self._last = self._forward(ids.to(dev), positions.to(dev))
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        with self._torch.inference_mode():
+            out = self._model(
+                input_ids=ids,
+                attention_mask=self._mask,
+                position_ids=positions,
+                past_key_values=self._cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        return out.logits[:, -1, :]
+
+    def _check(self) -> None:
+        if self._closed:
+            raise BackendError("streams are closed")
+
+    @property
+    def n_live(self) -> int:
+        return len(self._lengths)
+
+    def logits(self) -> NDArray[np.float32]:
+        self._check()
+        return self._last.float().cpu().numpy().copy()
+
+    def append(self, tokens: Sequence[int]) -> None:
+        self._check()
+        torch = self._torch
+        if len(tokens) != self.n_live:
+            raise ConfigError(f"append: {len(tokens)} tokens for {self.n_live} live streams")
+        dev = self._mask.device
+        ids = torch.tensor(list(tokens), dtype=torch.long, device=dev).unsqueeze(1)
+        positions = torch.tensor(self._lengths, dtype=torch.long, device=dev).unsqueeze(1)
+        ones = torch.ones((self.n_live, 1), dtype=self._mask.dtype, device=dev)
+        self._mask = torch.cat([self._mask, ones], dim=1)
+        self._lengths = [n + 1 for n in self._lengths]
+        self._last = self._forward(ids, positions)
+
+    def keep(self, indices: Sequence[int]) -> None:
+        self._check()
+        idx = list(indices)
+        if idx == list(range(self.n_live)):
+            return
+        sel = self._torch.tensor(idx, dtype=self._torch.long, device=self._mask.device)
+        self._cache.batch_select_indices(sel)
+        self._mask = self._mask.index_select(0, sel)
+        self._last = self._last.index_select(0, sel)
+        self._lengths = [self._lengths[i] for i in idx]
+        # Drop leading columns that are padding in every remaining row.
+        lead = int((self._mask.sum(0) == 0).long().cumprod(0).sum())
+        if lead:
+            self._mask = self._mask[:, lead:]
+            for layer in self._cache.layers:
+                layer.keys = layer.keys[:, :, lead:, :]
+                layer.values = layer.values[:, :, lead:, :]
+
+    def lengths(self) -> list[int]:
+        return list(self._lengths)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._cache = None  # type: ignore[assignment]
+            self._last = None  # type: ignore[assignment]
+
+
+class TransformersBackend(Backend):
+    """A causal LM and its tokenizer from a model directory, a GGUF file, or given objects.
+
+    Args:
+        model: a model directory, a ``.gguf`` file, or a loaded ``PreTrainedModel``.
+        tokenizer: required when ``model`` is a loaded model; otherwise loaded beside it.
+        device: ``cpu``, ``cuda`` or ``auto`` (cuda when available).
+        dtype: ``float32``, ``float16``, ``bfloat16`` or ``auto``.
+        trust_remote_code: let transformers run code shipped with the model (off by default).
+        reference_mask_token: hide every prompt position holding this token id from attention.
+            This reproduces a flaw of the reference AdaCD code (its mask is ``ids != pad`` while
+            pad == eos, papers.md §1.5.1) and exists only to check parity with its outputs.
+    """
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model: str | Path | PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        trust_remote_code: bool = False,
+        reference_mask_token: int | None = None,
+    ):
+        torch = _import_torch()
+        from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+        if device not in DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+        if dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendError("device='cuda' but torch sees no CUDA device")
+        if isinstance(model, PreTrainedModel):
+            if tokenizer is None:
+                raise ConfigError("tokenizer is required when model is a loaded PreTrainedModel")
+            self.model, self.tokenizer = model, tokenizer
+            self._name = getattr(model.config, "_name_or_path", type(model).__name__)
+        else:
+            path = Path(model).expanduser()
+            if not path.exists():
+                raise ModelNotFoundError(f"model: no such file or directory: {str(path)!r}")
+            kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+            if path.is_file():
+                if path.suffix != ".gguf":
+                    raise ConfigError(f"model: a file must be a .gguf, got {str(path)!r}")
+                where, kwargs["gguf_file"] = str(path.parent), path.name
+            else:
+                where = str(path)
+            torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+            try:
+                self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(where, **kwargs)
+                self.model = AutoModelForCausalLM.from_pretrained(
+                    where, dtype=torch_dtype, **kwargs
+                )
+            except (OSError, ValueError) as e:
+                raise BackendError(f"transformers could not load {str(path)!r}: {e}") from e
+            self._name = path.name
+        self.model.to(device)
+        self.model.eval()
+        self.device = torch.device(device)
+        self.pad_token_id = self._pick_pad()
+        self.reference_mask_token = reference_mask_token
+        self._eot = self._find_end_of_turn()
+
+    def _pick_pad(self) -> int:
+        tok = self.tokenizer
+        for cand in (tok.pad_token_id, tok.eos_token_id, 0):
+            if cand is not None:
+                return int(cand)
+        return 0  # pragma: no cover
+
+    def _find_end_of_turn(self) -> frozenset[int]:
+        ids: set[int] = set()
+        for src in (self.tokenizer.eos_token_id, getattr(self.model.generation_config,
+                                                          "eos_token_id", None)):
+            if isinstance(src, int):
+                ids.add(src)
+            elif src:
+                ids.update(int(i) for i in src)
+        vocab = self.tokenizer.get_vocab()
+        specials = set(self.tokenizer.all_special_tokens) | {
+            t.content for t in getattr(self.tokenizer, "added_tokens_decoder", {}).values()
+            if getattr(t, "special", False)
+        }
+        ids.update(vocab[t] for t in KNOWN_END_OF_TURN if t in vocab and t in specials)
+        if not ids:
+            raise BackendError(f"{self._name}: the tokenizer names no end-of-turn token")
+        return frozenset(ids)
+
+    @property
+    def model_name(self) -> str:
+        return self._name
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def n_ctx(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
+
+    @property
+    def end_of_turn_ids(self) -> frozenset[int]:
+        return self._eot
+
+    @property
+    def chat_template(self) -> str | None:
+        return getattr(self.tokenizer, "chat_template", None)
+
+    def render(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        if not self.chat_template:
+            raise BackendError(f"{self._name}: the tokenizer has no chat template")
+        return str(
+            self.tokenizer.apply_chat_template(
+                [dict(m) for m in messages],
+                tools=list(tools) if tools else None,
+                add_generation_prompt=add_generation_prompt,
+                tokenize=False,
+            )
+        )
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def open(self, prompts: Sequence[Sequence[int]]) -> TransformersStreams:
+        if not prompts:
+            raise ConfigError("open: at least one prompt is needed")
+        return TransformersStreams(self, prompts)

@@ -1,0 +1,175 @@
+"""The one decoding loop: every rule, every backend, one or many requests at once.
+
+Each step: one batched forward over every live stream of every live request, the request's rule
+turns its streams' logits into final logits, the sampler picks a token, the token goes to every
+stream of that request. Streams a rule no longer needs and streams of finished requests are freed.
+Events are yielded as they happen, so streaming needs nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from guardrail.adapters.base import Backend
+from guardrail.decoding.rules import Rule, StepInfo
+from guardrail.decoding.sampling import SamplingParams, sample
+from guardrail.decoding.text import TextAssembler
+from guardrail.errors import ConfigError, ContextOverflowError
+
+FinishReason = Literal["stop", "length", "stop_string"]
+
+
+@dataclass
+class GenerationRequest:
+    """One answer to generate.
+
+    Args:
+        prompts: token ids of each stream's prompt; stream 0 is the answer stream.
+        rule: combines the streams' logits (``rule.n_streams == len(prompts)``).
+        sampling: greedy or seeded sampling.
+        max_new_tokens: hard cap on generated tokens.
+        stop: strings that end the answer (not included in it).
+    """
+
+    prompts: Sequence[Sequence[int]]
+    rule: Rule
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_new_tokens: int = 256
+    stop: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if len(self.prompts) != self.rule.n_streams:
+            raise ConfigError(
+                f"rule {self.rule.name!r} needs {self.rule.n_streams} stream(s), "
+                f"got {len(self.prompts)} prompt(s)"
+            )
+        if any(len(p) == 0 for p in self.prompts):
+            raise ConfigError("every stream prompt must hold at least one token")
+
+
+@dataclass
+class TokenEvent:
+    """A token was generated for request ``request`` at ``step``; ``text`` is the released text."""
+
+    request: int
+    step: int
+    token: int
+    text: str
+    info: StepInfo | None
+
+
+@dataclass
+class FinishEvent:
+    """Request ``request`` is done."""
+
+    request: int
+    reason: FinishReason
+    text: str
+    token_ids: list[int]  # generated ids, the end-of-turn token included when it ended the answer
+    prompt_tokens: int
+    steps: list[StepInfo] = field(default_factory=list)
+    tail: str = ""  # text released at the end (held back until then)
+
+
+@dataclass
+class _Live:
+    index: int
+    req: GenerationRequest
+    rng: np.random.Generator
+    text: TextAssembler
+    n_streams: int
+    steps: list[StepInfo] = field(default_factory=list)
+    generated: list[int] = field(default_factory=list)  # every sampled id, end-of-turn included
+    done: FinishReason | None = None
+
+
+def _check_context(backend: Backend, req: GenerationRequest, index: int) -> int:
+    """Return the usable max_new_tokens; raise if a prompt alone does not fit."""
+    longest = max(len(p) for p in req.prompts)
+    if longest >= backend.n_ctx:
+        raise ContextOverflowError(
+            f"request {index}: prompt of {longest} tokens does not fit the context of "
+            f"{backend.n_ctx} tokens (raise n_ctx or shorten the conversation)"
+        )
+    return min(req.max_new_tokens, backend.n_ctx - longest)
+
+
+def decode(
+    backend: Backend, requests: Sequence[GenerationRequest]
+) -> Iterator[TokenEvent | FinishEvent]:
+    """Generate every request together; yield token and finish events as they happen.
+
+    The caller must hold the backend exclusively for the whole iteration.
+    """
+    caps = [_check_context(backend, r, i) for i, r in enumerate(requests)]
+    eot = backend.end_of_turn_ids
+    live = [
+        _Live(i, r, r.sampling.rng(), TextAssembler(backend.detokenize, r.stop), len(r.prompts))
+        for i, r in enumerate(requests)
+    ]
+    with backend.open([p for r in requests for p in r.prompts]) as streams:
+        step = 0
+        while True:
+            logits = streams.logits()
+            row = 0
+            tokens: list[int] = []
+            for lv in live:
+                z, info = lv.req.rule.combine(logits[row : row + lv.n_streams], step)
+                row += lv.n_streams
+                tok = sample(z, lv.req.sampling, lv.rng)
+                if info is not None:
+                    lv.steps.append({"step": step, **info})
+                tokens.append(tok)
+                lv.generated.append(tok)
+                if tok in eot:
+                    lv.done = "stop"
+                    yield TokenEvent(lv.index, step, tok, "", info)
+                    continue
+                delta = lv.text.push(tok)
+                yield TokenEvent(lv.index, step, tok, delta, info)
+                if lv.text.stopped_by is not None:
+                    lv.done = "stop_string"
+                elif len(lv.generated) >= caps[lv.index]:
+                    lv.done = "length"
+            # Free finished requests and streams their rules no longer need.
+            keep: list[int] = []
+            next_tokens: list[int] = []
+            still: list[_Live] = []
+            row = 0
+            for lv, tok in zip(live, tokens):
+                width = lv.n_streams
+                if lv.done is not None:
+                    yield _finish(lv, len(lv.req.prompts[0]))
+                else:
+                    lv.n_streams = min(width, lv.req.rule.streams_needed(step))
+                    keep.extend(range(row, row + lv.n_streams))
+                    next_tokens.extend([tok] * lv.n_streams)
+                    still.append(lv)
+                row += width
+            live = still
+            if not live:
+                return
+            if len(keep) < streams.n_live:
+                streams.keep(keep)
+            streams.append(next_tokens)
+            step += 1
+
+
+def _finish(lv: _Live, prompt_tokens: int) -> FinishEvent:
+    assert lv.done is not None
+    tail = lv.text.flush() if lv.done != "stop_string" else ""
+    return FinishEvent(
+        request=lv.index,
+        reason=lv.done,
+        text=lv.text.text,
+        token_ids=list(lv.generated),
+        prompt_tokens=prompt_tokens,
+        steps=lv.steps,
+        tail=tail,
+    )

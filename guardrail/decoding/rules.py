@@ -1,0 +1,58 @@
+"""The rule protocol: turn the live streams' logits into one row of final logits.
+
+A rule is stateless across requests; the loop hands it the step number. ``streams_needed(step)``
+says how many leading streams the rule still needs *after* ``step``, so the loop can free the
+rest (AdaCD drops its safety stream after its K contrastive steps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+StepInfo = dict[str, Any]
+"""What a rule records about one step (mode, agreement, confidences, ...); None when nothing."""
+
+
+@runtime_checkable
+class Rule(Protocol):
+    """A decoding rule over ``n_streams`` streams of one request."""
+
+    name: str
+
+    @property
+    def n_streams(self) -> int:
+        """Streams the rule needs at step 0 (stream 0 is the answer stream)."""
+        ...
+
+    def combine(
+        self, logits: NDArray[np.float32], step: int
+    ) -> tuple[NDArray[np.float32], StepInfo | None]:
+        """Final logits ``[vocab]`` from the live streams' logits ``[n_live, vocab]``."""
+        ...
+
+    def streams_needed(self, step: int) -> int:
+        """Leading streams still needed after ``step`` (1 = the answer stream alone)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PlainRule:
+    """No guarding: the answer stream's own logits. Equals the backend's own greedy decoding."""
+
+    name: str = "plain"
+
+    @property
+    def n_streams(self) -> int:
+        return 1
+
+    def combine(
+        self, logits: NDArray[np.float32], step: int
+    ) -> tuple[NDArray[np.float32], StepInfo | None]:
+        return logits[0], None
+
+    def streams_needed(self, step: int) -> int:
+        return 1

@@ -1,0 +1,215 @@
+"""The one place that turns a policy into a loaded backend, a rule and a sampler.
+
+Backends are cached by (backend, path, load options), so switching policy per request never
+reloads weights. Each backend comes with a lock: a backend is not re-entrant, so generations on
+one backend are serialised (llama.cpp contexts and KV caches cannot be shared mid-decode).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from guardrail.adapters.base import Backend, Message
+from guardrail.decoding.adacd import AdaCDRule
+from guardrail.decoding.loop import FinishEvent, GenerationRequest, TokenEvent, decode
+from guardrail.decoding.rules import PlainRule, Rule, StepInfo
+from guardrail.decoding.sampling import SamplingParams
+from guardrail.errors import ConfigError
+from guardrail.models import resolve_model_path
+from guardrail.policy.schema import AdaCDStrategy, ModelConfig, PlainStrategy, Policy
+
+BACKENDS = ("llamacpp", "transformers")
+
+_cache: dict[tuple[Any, ...], Engine] = {}
+_cache_lock = threading.Lock()
+load_count = 0  # models loaded in this process (tests count reloads with it)
+
+
+def _cache_key(cfg: ModelConfig) -> tuple[Any, ...]:
+    path = str(resolve_model_path(cfg.path))
+    if cfg.backend == "llamacpp":
+        return (cfg.backend, path, cfg.n_ctx, cfg.n_threads, cfg.n_gpu_layers)
+    return (cfg.backend, path, cfg.device, cfg.dtype, cfg.trust_remote_code)
+
+
+def _load_backend(cfg: ModelConfig) -> Backend:
+    global load_count
+    path = resolve_model_path(cfg.path)
+    if cfg.backend == "llamacpp":
+        from guardrail.adapters.llamacpp import LlamaCppBackend
+
+        backend: Backend = LlamaCppBackend(
+            path, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers
+        )
+    elif cfg.backend == "transformers":
+        from guardrail.adapters.transformers import TransformersBackend
+
+        backend = TransformersBackend(
+            path, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
+        )
+    else:  # pragma: no cover - the schema rejects it first
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
+    load_count += 1
+    return backend
+
+
+def get_engine(cfg: ModelConfig) -> Engine:
+    """The engine for ``cfg``, loading the model on first use only."""
+    key = _cache_key(cfg)
+    with _cache_lock:
+        engine = _cache.get(key)
+        if engine is None:
+            engine = _cache[key] = Engine(_load_backend(cfg))
+        return engine
+
+
+def engine_for(backend: Backend) -> Engine:
+    """Wrap an already-loaded backend (it is cached by identity)."""
+    key = ("object", id(backend))
+    with _cache_lock:
+        engine = _cache.get(key)
+        if engine is None or engine.backend is not backend:
+            engine = _cache[key] = Engine(backend)
+        return engine
+
+
+def clear_cache() -> None:
+    """Forget every cached model (they are freed once no caller holds them)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def make_rule(policy: Policy) -> Rule:
+    """The decoding rule a policy's strategy names."""
+    s = policy.strategy
+    if isinstance(s, PlainStrategy):
+        return PlainRule()
+    if isinstance(s, AdaCDStrategy):
+        return AdaCDRule(alpha=s.alpha, lam=s.lam, beta=s.beta, steps=s.steps)
+    raise ConfigError(f"strategy {s.kind!r} is not implemented")  # pragma: no cover
+
+
+def with_system_prompt(messages: Sequence[Message], prompt: str | None) -> list[dict[str, Any]]:
+    """``messages`` under a deployment system prompt (merged into a leading system message)."""
+    out = [dict(m) for m in messages]
+    if not prompt:
+        return out
+    if out and out[0].get("role") == "system":
+        out[0]["content"] = f"{prompt}\n\n{out[0].get('content') or ''}".rstrip()
+        return out
+    return [{"role": "system", "content": prompt}, *out]
+
+
+def add_safety_prompt(
+    messages: Sequence[Message], safety_prompt: str, *, system_role: bool = True
+) -> list[dict[str, Any]]:
+    """The extreme-safety stream's messages (papers.md §1.3, streams O and S).
+
+    With a system role the safety prompt is the system message (appended to an existing one);
+    without one it is prefixed to the first user turn, as the reference does for Gemma-2.
+    """
+    out = [dict(m) for m in messages]
+    if system_role:
+        if out and out[0].get("role") == "system":
+            out[0]["content"] = f"{out[0].get('content') or ''}\n\n{safety_prompt}".lstrip()
+            return out
+        return [{"role": "system", "content": safety_prompt}, *out]
+    for m in out:
+        if m.get("role") == "user":
+            m["content"] = f"{safety_prompt}\n\n{m.get('content') or ''}"
+            return out
+    raise ConfigError("messages: the safety prompt needs at least one user message")
+
+
+@dataclass
+class Generation:
+    """A finished answer and everything known about how it was made."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str
+    steps: list[StepInfo] = field(default_factory=list)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def modes(self) -> list[str]:
+        return [s["mode"] for s in self.steps if "mode" in s]
+
+
+class Engine:
+    """A loaded backend, its lock, and request building from policies."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.lock = threading.RLock()
+        self._system_role: bool | None = None
+
+    @property
+    def system_role(self) -> bool:
+        if self._system_role is None:
+            self._system_role = self.backend.supports_system_role()
+        return self._system_role
+
+    def stream_prompts(
+        self,
+        policy: Policy,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[list[int]]:
+        """Token ids of each stream the policy's strategy needs, answer stream first."""
+        plain = with_system_prompt(messages, policy.system_prompt)
+        prompts = [self.backend.encode_chat(plain, tools=tools)]
+        s = policy.strategy
+        if isinstance(s, AdaCDStrategy) and s.steps > 0:
+            safety = add_safety_prompt(plain, s.safety_prompt, system_role=self.system_role)
+            prompts.append(self.backend.encode_chat(safety, tools=tools))
+        return prompts
+
+    def request(
+        self,
+        policy: Policy,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        stop: Sequence[str] = (),
+    ) -> GenerationRequest:
+        """A ready request: streams, rule, sampling and stops from the policy."""
+        sp = policy.sampling
+        return GenerationRequest(
+            prompts=self.stream_prompts(policy, messages, tools=tools),
+            rule=make_rule(policy),
+            sampling=SamplingParams(sp.temperature, sp.top_k, sp.top_p, sp.seed),
+            max_new_tokens=sp.max_new_tokens,
+            stop=[*sp.stop, *stop],
+        )
+
+    def stream(
+        self, requests: Sequence[GenerationRequest]
+    ) -> Iterator[TokenEvent | FinishEvent]:
+        """Decode ``requests`` together, holding the backend for the whole run."""
+        with self.lock:
+            yield from decode(self.backend, requests)
+
+    def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """Decode ``requests`` together and collect each answer."""
+        out: list[Generation | None] = [None] * len(requests)
+        for ev in self.stream(requests):
+            if isinstance(ev, FinishEvent):
+                out[ev.request] = Generation(
+                    ev.text, ev.token_ids, ev.prompt_tokens, ev.reason, ev.steps
+                )
+        return [g for g in out if g is not None]
+
+    def generate(
+        self, policy: Policy, messages: Sequence[Message], **kw: Any
+    ) -> Generation:
+        """One answer under ``policy``."""
+        return self.generate_many([self.request(policy, messages, **kw)])[0]

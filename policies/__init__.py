@@ -1,0 +1,1 @@
+"""Shipped safety policies (YAML data files; this package holds no code)."""
