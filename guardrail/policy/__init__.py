@@ -1,20 +1,54 @@
-"""Declarative safety policies: schema and loading."""
+"""Declarative safety policies: schema, loading (``extends``, ``${VAR}``), reloading, reference.
 
-from guardrail.policy.loader import load_policy, shipped_policies
+Load one with :func:`load_policy` (a shipped name, a YAML path, or ``None`` for the default
+named by ``$GUARDRAIL_POLICY``); follow a file as it changes with :class:`PolicySource`.
+"""
+
+from guardrail.policy.loader import (
+    LoadedPolicy,
+    default_policy_name,
+    dump_policy,
+    load_policy,
+    load_policy_file,
+    load_policy_text,
+    shipped_policies,
+    with_overrides,
+)
+from guardrail.policy.problems import PolicyProblem, PolicyValidationError
 from guardrail.policy.schema import (
+    ActionConfig,
     AdaCDStrategy,
+    JudgeConfig,
+    LoggingConfig,
+    MatchRule,
     ModelConfig,
     PlainStrategy,
     Policy,
+    RefusalConfig,
     SamplingConfig,
 )
+from guardrail.policy.watch import PolicySource
 
 __all__ = [
+    "ActionConfig",
     "AdaCDStrategy",
+    "JudgeConfig",
+    "LoadedPolicy",
+    "LoggingConfig",
+    "MatchRule",
     "ModelConfig",
     "PlainStrategy",
     "Policy",
+    "PolicyProblem",
+    "PolicySource",
+    "PolicyValidationError",
+    "RefusalConfig",
     "SamplingConfig",
+    "default_policy_name",
+    "dump_policy",
     "load_policy",
+    "load_policy_file",
+    "load_policy_text",
     "shipped_policies",
+    "with_overrides",
 ]

@@ -6,6 +6,11 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Strict(BaseModel):
-    """Forbids unknown keys (typos are errors, never ignored) and freezes the values."""
+    """Forbids unknown keys (typos are errors, never ignored) and freezes the values.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    ``inf`` and ``nan`` are refused: no policy parameter means anything with them.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False
+    )

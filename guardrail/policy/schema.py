@@ -6,9 +6,10 @@ the JSON Schema and the generated policy reference).
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from guardrail.policy.base import Strict as _Strict
 from guardrail.policy.strategies import AdaCDStrategy, PlainStrategy, Strategy
@@ -54,8 +55,102 @@ class SamplingConfig(_Strict):
     stop: list[str] = Field(default_factory=list, description="Strings that end the answer.")
 
 
+Action = Literal["allow", "replace", "raise"]
+
+
+class JudgeConfig(_Strict):
+    """The model that judges whether an answer is a refusal (``detector: judge``)."""
+
+    model: ModelConfig | None = Field(
+        None, description="Judge model; null means the guarded model itself (no second load)."
+    )
+    max_new_tokens: int = Field(16, ge=1, le=256, description="Most tokens of the judge's verdict.")
+
+
+class RefusalConfig(_Strict):
+    """How an answer is recognised as a refusal."""
+
+    detector: Literal["string_match", "judge"] = Field(
+        "string_match",
+        description="string_match: the answer starts with or contains a refusal phrase; "
+        "judge: a model classifies the answer.",
+    )
+    prefixes: list[str] | None = Field(
+        None, description="Refusal phrases for string_match; null means XSTest's list."
+    )
+    judge: JudgeConfig | None = Field(
+        None, description="Judge settings (detector: judge only); null means the defaults."
+    )
+
+    @field_validator("prefixes")
+    @classmethod
+    def _no_empty_prefix(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and any(not p.strip() for p in v):
+            raise ValueError("refusal phrases must not be empty (an empty phrase matches all)")
+        return v
+
+    @model_validator(mode="after")
+    def _judge_needs_judge_detector(self) -> RefusalConfig:
+        if self.judge is not None and self.detector != "judge":
+            raise ValueError("judge settings are only used with detector: judge")
+        return self
+
+
+class ActionConfig(_Strict):
+    """What to do when an answer is a refusal or a request matches a rule."""
+
+    action: Action = Field(
+        "allow",
+        description="allow: pass the answer through; replace: answer with `message` instead; "
+        "raise: raise an error (RefusalError for refusals).",
+    )
+    message: str = Field(
+        "I can't help with that.", description="The answer given instead (action: replace)."
+    )
+
+
+class MatchRule(_Strict):
+    """A request rule: a regular expression searched in the user's latest message."""
+
+    name: str = Field(..., min_length=1, description="Rule name (reported when it matches).")
+    pattern: str = Field(
+        ..., min_length=1, description="Python regular expression, searched case-insensitively."
+    )
+    action: Action | None = Field(
+        None, description="Action when it matches; null means the policy's on_match action."
+    )
+    message: str | None = Field(
+        None, description="Replacement answer; null means the policy's on_match message."
+    )
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v, re.IGNORECASE)
+        except re.error as e:
+            raise ValueError(f"not a valid regular expression: {e}") from None
+        return v
+
+    def search(self, text: str) -> bool:
+        """Whether the rule's pattern occurs in ``text`` (case-insensitive)."""
+        return re.search(self.pattern, text, re.IGNORECASE) is not None
+
+
+class LoggingConfig(_Strict):
+    """Logging of decoding decisions through the ``guardrail`` logger."""
+
+    decisions: bool = Field(
+        False, description="Log each guarded step's mode and agreement (one record per step)."
+    )
+    level: Literal["DEBUG", "INFO", "WARNING"] = Field(
+        "INFO", description="Log level of the decision records."
+    )
+
+
 class Policy(_Strict):
-    """A safety policy: the model, the deployment prompt, the decoding strategy, sampling."""
+    """A safety policy: model, deployment prompt, decoding strategy, sampling, refusal handling,
+    request rules and decision logging."""
 
     name: str = Field("custom", description="Policy name (shown in metadata and reports).")
     description: str = Field("", description="What the policy is for.")
@@ -69,3 +164,44 @@ class Policy(_Strict):
     sampling: SamplingConfig = Field(
         default_factory=SamplingConfig, description="Sampling and stopping."
     )
+    refusal: RefusalConfig = Field(
+        default_factory=RefusalConfig, description="How refusals are detected."
+    )
+    on_refusal: ActionConfig = Field(
+        default_factory=ActionConfig, description="What to do when the answer is a refusal."
+    )
+    rules: list[MatchRule] = Field(
+        default_factory=list, description="Request rules, tried in order; the first match acts."
+    )
+    on_match: ActionConfig = Field(
+        default_factory=ActionConfig,
+        description="What to do when a request matches a rule (a rule may override it).",
+    )
+    logging: LoggingConfig = Field(
+        default_factory=LoggingConfig, description="Logging of decoding decisions."
+    )
+    extends: str | None = Field(
+        None,
+        description="Policy this one builds on: a shipped name or a path relative to this file. "
+        "Its fields are merged under this file's (mappings merge, lists and values replace); "
+        "resolved at load, so a loaded policy shows null.",
+    )
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_rule_names(cls, v: list[MatchRule]) -> list[MatchRule]:
+        names = [r.name for r in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"rule names must be unique; repeated: {', '.join(dup)}")
+        return v
+
+    def match(self, text: str) -> tuple[MatchRule, ActionConfig] | None:
+        """The first rule matching ``text`` and the action it resolves to, or None."""
+        for rule in self.rules:
+            if rule.search(text):
+                return rule, ActionConfig(
+                    action=rule.action or self.on_match.action,
+                    message=rule.message if rule.message is not None else self.on_match.message,
+                )
+        return None
