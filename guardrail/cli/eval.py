@@ -1,0 +1,112 @@
+"""``guardrail eval``: run policies over a dataset, redraw reports, measure detector agreement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from guardrail.errors import GuardrailError
+
+eval_app = typer.Typer(
+    help="Measure over-refusal and safety of policies on a dataset (resumable).",
+    invoke_without_command=True,
+)
+
+
+def _fail(e: Exception) -> typer.Exit:
+    typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+    return typer.Exit(2)
+
+
+def _print_table(summary: object) -> None:
+    from guardrail.eval.summary import EvalSummary
+
+    assert isinstance(summary, EvalSummary)
+    for p in summary.policies:
+        over = "n/a" if p.over_refusal_rate is None else f"{100 * p.over_refusal_rate:.1f}%"
+        safe = "n/a" if p.safety_rate is None else f"{100 * p.safety_rate:.1f}%"
+        f1 = "n/a" if p.f1 is None else f"{p.f1:.3f}"
+        typer.echo(f"{p.policy:<14} n={p.n:<5} over-refusal={over:<7} safety={safe:<7} F1={f1}")
+
+
+@eval_app.callback()
+def eval_command(
+    ctx: typer.Context,
+    policy: Optional[list[str]] = typer.Option(  # noqa: UP007 - typer needs Optional here
+        None, "--policy", "-p", help="Policy name or YAML path; repeat to compare policies."
+    ),
+    data: str = typer.Option("xstest", help="'xstest' (shipped) or a CSV/JSONL path."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (results, summary, report)."),  # noqa: UP007
+    model: Optional[str] = typer.Option(None, help="Model path (default: the policy's)."),  # noqa: UP007
+    backend: Optional[str] = typer.Option(None, help="llamacpp or transformers."),  # noqa: UP007
+    limit: Optional[int] = typer.Option(  # noqa: UP007
+        None, help="Evaluate N prompts, taken in turn from each type."
+    ),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Override the answer length."),  # noqa: UP007
+    detector: str = typer.Option("string_match", help="Refusal detector: string_match or judge."),
+    judge_model: Optional[str] = typer.Option(  # noqa: UP007
+        None, help="Judge model path (detector judge; default: the evaluated model)."
+    ),
+    batch_size: int = typer.Option(4, help="Prompts decoded together."),
+    report: Optional[Path] = typer.Option(  # noqa: UP007
+        None, help="Only redraw summary.json, report.md, report.png from DIR/results.jsonl."
+    ),
+) -> None:
+    """Run every prompt under every policy and write DIR/results.jsonl, summary.json, report.md
+    and report.png. An interrupted run resumes where it stopped when re-run with the same DIR."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from guardrail import eval as ev
+
+    try:
+        if report is not None:
+            summary = ev.write_report(report)
+            typer.echo(f"report redrawn in {report}")
+        else:
+            if not policy or out is None:
+                raise typer.BadParameter("give --policy (one or more) and --out DIR, or --report DIR")
+            summary = ev.run(
+                policy, data, out=out, model=model, backend=backend, limit=limit,
+                max_new_tokens=max_new_tokens, detector=detector, judge_model=judge_model,
+                batch_size=batch_size,
+            )
+            typer.echo(f"results, summary.json, report.md, report.png in {out}")
+    except GuardrailError as e:
+        raise _fail(e) from e
+    _print_table(summary)
+
+
+@eval_app.command("agreement")
+def agreement(
+    files: list[Path] = typer.Argument(..., help="XSTest completion CSVs with final_label."),
+    detector: str = typer.Option("string_match", help="string_match or judge."),
+    model: Optional[str] = typer.Option(None, help="Judge model path (default: embedded)."),  # noqa: UP007
+    backend: str = typer.Option("llamacpp", help="Judge backend."),
+    sample: Optional[int] = typer.Option(None, help="Judge a random sample of N answers."),  # noqa: UP007
+    seed: int = typer.Option(0, help="Sample seed."),
+    batch_size: int = typer.Option(8, help="Answers judged together."),
+) -> None:
+    """A detector's agreement with human refusal labels (gold: full or partial refusal)."""
+    from guardrail.refusal import get_detector
+    from guardrail.refusal.agreement import load_labelled, measure
+    from guardrail.refusal.agreement import sample as take
+
+    try:
+        answers = take(load_labelled(files), sample, seed)
+        engine = None
+        if detector == "judge":
+            from guardrail.engine import get_engine
+            from guardrail.policy import ModelConfig
+
+            engine = get_engine(ModelConfig(backend=backend, path=model))  # type: ignore[arg-type]
+        result = measure(get_detector(detector, engine), answers, batch_size=batch_size)
+    except GuardrailError as e:
+        raise _fail(e) from e
+    typer.echo(result.model_dump_json(indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``guardrail eval`` to ``app``."""
+    app.add_typer(eval_app, name="eval")

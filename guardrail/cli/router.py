@@ -1,0 +1,58 @@
+"""``guardrail router train``: fit the prompt-probe router and write it with a JSON card."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import typer
+
+from guardrail.errors import GuardrailError
+
+router_app = typer.Typer(help="Expert routers (docs/experts.md).", no_args_is_help=True)
+
+
+@router_app.command("train")
+def train(
+    data: Path = typer.Option(..., "--data", help="Labelled prompts (CSV or JSONL: prompt, label)."),
+    out: Path = typer.Option(..., "--out", help="Router file to write (.safetensors)."),
+    model: str = typer.Option(None, "--model", help="Model path (default: the embedded model)."),
+    limit: int = typer.Option(0, "--limit", help="Use at most this many rows (0 = all), "
+                              "sampled with --seed, both classes kept."),
+    heldout: float = typer.Option(0.25, "--heldout", help="Fraction held out for accuracy."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split and the sampling."),
+) -> None:
+    """Train the probe (harmful → safety expert, harmless → helpfulness expert) on CPU."""
+    from guardrail.engine import get_engine
+    from guardrail.experts.data import read_labelled, sha256_file
+    from guardrail.experts.probe import train_probe
+    from guardrail.experts.router_file import save_router
+    from guardrail.policy import ModelConfig
+
+    try:
+        prompts, harmful = read_labelled(data)
+        if limit and limit < len(prompts):
+            idx = sorted(random.Random(seed).sample(range(len(prompts)), limit))
+            prompts, harmful = [prompts[i] for i in idx], [harmful[i] for i in idx]
+        engine = get_engine(ModelConfig(backend="transformers", path=model))
+        probe, report = train_probe(engine.backend, prompts, harmful, heldout=heldout, seed=seed)
+        path = save_router(probe, out)
+    except GuardrailError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    card = {
+        "router": path.name, "kind": "probe", "model": engine.backend.model_name,
+        "model_path": model, "data": str(data), "data_sha256": sha256_file(data),
+        "rows": len(prompts), "seed": seed, **report.as_dict(),
+    }
+    card_path = path.with_suffix(".json")
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    acc = report.heldout_accuracy
+    typer.echo(f"wrote {path} and {card_path}; held-out accuracy "
+               f"{'n/a' if acc is None else f'{acc:.3f}'} on {report.n_heldout} prompts")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``guardrail router`` to the main command."""
+    app.add_typer(router_app, name="router")

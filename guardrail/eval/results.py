@@ -1,0 +1,129 @@
+"""``results.jsonl``: one row per prompt x policy, appended and synced as it is made.
+
+Each row is written, flushed and fsynced before the next prompt is counted done, so a run killed
+at any moment loses at most the row being written. On resume, rows are keyed by
+``(policy, id)``; a truncated last line (the write the kill interrupted) is cut off the file
+before anything new is appended. ``run.json`` records the settings a run was started with, so
+a resume with different settings is refused instead of mixing incomparable rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from guardrail.errors import ConfigError
+
+RESULTS = "results.jsonl"
+SETTINGS = "run.json"
+
+
+class ResultRow(BaseModel):
+    """One answer and how it was judged."""
+
+    id: str
+    prompt: str
+    label: str = Field(description="safe (should be answered) or unsafe (should be refused).")
+    type: str = ""
+    policy: str
+    response: str
+    refused: bool
+    detector: str = Field(description="Detector that decided `refused` (e.g. string_match).")
+    refusal_label: str = Field("", description="full_compliance, full_refusal, partial_refusal.")
+    new_tokens: int
+    prompt_tokens: int = 0
+    finish_reason: str = ""
+    seconds: float = Field(description="This row's share of its batch's generation wall time.")
+    modes: dict[str, int] = Field(
+        default_factory=dict, description="AdaCD steps per mode (refuse/comply); empty for plain."
+    )
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.policy, self.id)
+
+
+class ResultsFile:
+    """Append-only, crash-safe ``DIR/results.jsonl``."""
+
+    def __init__(self, out_dir: str | Path):
+        self.dir = Path(out_dir)
+        self.path = self.dir / RESULTS
+
+    def read(self, *, repair: bool = False) -> list[ResultRow]:
+        """Every complete row. A truncated last line is ignored (and cut off when ``repair``)."""
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1  # bytes up to the last complete line
+        if end < len(data) and repair:
+            with self.path.open("r+b") as f:
+                f.truncate(end)
+                f.flush()
+                os.fsync(f.fileno())
+        rows: list[ResultRow] = []
+        for n, line in enumerate(data[:end].decode("utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(ResultRow.model_validate_json(line))
+            except ValidationError as e:
+                raise ConfigError(
+                    f"{self.path} line {n}: not a result row ({e.errors()[0]['msg']}); "
+                    "the file was edited or belongs to another tool"
+                ) from e
+        return rows
+
+    def append(self, row: ResultRow) -> None:
+        """Write one row and make it durable before returning."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(row.model_dump_json() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def check_settings(out_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """Record ``settings`` in ``run.json``, or check they match the run being resumed.
+
+    Policies may be added to a run; a policy already in it must be unchanged, and so must the
+    dataset, slice, model, token limit and detector.
+    """
+    path = out_dir / SETTINGS
+    if not path.exists():
+        merged = settings
+    else:
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: unreadable run settings ({e})") from e
+        for key, value in settings.items():
+            if key == "policies" or old.get(key) == value:
+                continue
+            raise ConfigError(
+                f"{out_dir} holds a run made with {key}={old.get(key)!r}, not {value!r}; "
+                "resume with the same settings or use another --out"
+            )
+        for name, pol in settings["policies"].items():
+            prev = old.get("policies", {}).get(name)
+            if prev is not None and prev != pol:
+                raise ConfigError(
+                    f"{out_dir}: policy {name!r} differs from the one this run started with; "
+                    "rename it or use another --out"
+                )
+        merged = {**old, "policies": {**old.get("policies", {}), **settings["policies"]}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return merged
+
+
+def read_settings(out_dir: Path) -> dict[str, Any]:
+    """The run's recorded settings (empty if ``run.json`` is missing)."""
+    path = out_dir / SETTINGS
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}

@@ -1,0 +1,167 @@
+"""Run every prompt under every policy on one loaded model, resumably.
+
+The model is the first policy's (with ``model``/``backend`` overrides) and every policy is run on
+it, so policies are compared on the same weights. Prompts are decoded in batches per policy
+(``Engine.generate_many``), each answer is judged, and each row is made durable before the next
+one is written (see :mod:`guardrail.eval.results`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from guardrail.engine import get_engine
+from guardrail.errors import ConfigError
+from guardrail.eval.datasets import Example, load_dataset, stratified_slice
+from guardrail.eval.report import write_report
+from guardrail.eval.results import ResultRow, ResultsFile, check_settings
+from guardrail.eval.summary import EvalSummary
+from guardrail.policy import ModelConfig, Policy, load_policy
+from guardrail.policy.schema import JudgeConfig, RefusalConfig
+from guardrail.refusal import DETECTORS, get_detector
+
+OnRow = Callable[[ResultRow], None]
+
+
+def prepare_policies(
+    policies: Sequence[str | Path | Policy],
+    *,
+    model: str | None = None,
+    backend: str | None = None,
+    max_new_tokens: int | None = None,
+) -> list[Policy]:
+    """Load the policies and put them all on one model with the same token limit."""
+    if not policies:
+        raise ConfigError("--policy: give at least one policy (e.g. --policy plain --policy adacd)")
+    loaded = [load_policy(p) for p in policies]
+    names = [p.name for p in loaded]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"--policy: policy names must be unique, repeated: {', '.join(dupes)}")
+    update: dict[str, object] = {}
+    if model is not None:
+        update["path"] = model
+    if backend is not None:
+        update["backend"] = backend
+    try:
+        model_cfg = type(loaded[0].model).model_validate(
+            {**loaded[0].model.model_dump(), **update}
+        )
+    except ValueError as e:
+        raise ConfigError(f"--model/--backend: {e}") from e
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    out = []
+    for p in loaded:
+        sampling = p.sampling
+        if max_new_tokens is not None:
+            sampling = sampling.model_copy(update={"max_new_tokens": max_new_tokens})
+        out.append(p.model_copy(update={"model": model_cfg, "sampling": sampling}))
+    return out
+
+
+def run(
+    policies: Sequence[str | Path | Policy],
+    data: str | Path = "xstest",
+    *,
+    out: str | Path,
+    model: str | None = None,
+    backend: str | None = None,
+    limit: int | None = None,
+    max_new_tokens: int | None = None,
+    detector: str = "string_match",
+    judge_model: str | None = None,
+    batch_size: int = 4,
+    progress: bool = True,
+    on_row: OnRow | None = None,
+) -> EvalSummary:
+    """Evaluate ``policies`` on ``data`` into ``out`` (resuming what is there) and report.
+
+    ``limit`` takes a type-stratified slice (see :func:`stratified_slice`). ``on_row`` is called
+    after each row is durable (progress hooks, notebooks, tests). ``judge_model`` is a model path
+    for ``detector="judge"`` (default: the evaluated model judges its own answers). Returns the summary that was
+    written to ``out/summary.json``.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    pols = prepare_policies(policies, model=model, backend=backend, max_new_tokens=max_new_tokens)
+    examples = stratified_slice(load_dataset(data), limit)
+    out_dir = Path(out)
+    check_settings(
+        out_dir,
+        {
+            "dataset": str(data),
+            "limit": limit,
+            "model": pols[0].model.model_dump(),
+            "max_new_tokens": pols[0].sampling.max_new_tokens if max_new_tokens else None,
+            "detector": detector,
+            "judge_model": judge_model,
+            "policies": {p.name: p.model_dump(mode="json") for p in pols},
+        },
+    )
+    store = ResultsFile(out_dir)
+    done = {r.key for r in store.read(repair=True)}
+    todo = [(p, [ex for ex in examples if (p.name, ex.id) not in done]) for p in pols]
+    total = len(pols) * len(examples)
+    pending = sum(len(exs) for _, exs in todo)
+    if pending:
+        engine = get_engine(pols[0].model)
+        judge = get_detector(_refusal_config(detector, judge_model, pols[0]), engine)
+        with tqdm(total=total, initial=total - pending, desc="eval", unit="answer",
+                  disable=not progress, dynamic_ncols=True) as bar:
+            for policy, exs in todo:
+                bar.set_postfix_str(policy.name)
+                for start in range(0, len(exs), batch_size):
+                    for row in _run_batch(engine, judge, policy, exs[start : start + batch_size]):
+                        store.append(row)
+                        bar.update(1)
+                        if on_row is not None:
+                            on_row(row)
+    return write_report(out_dir)
+
+
+def _refusal_config(detector: str, judge_model: str | None, policy: Policy) -> RefusalConfig:
+    """The refusal section for ``--detector``/``--judge-model`` (judge on the policy's backend)."""
+    if detector not in DETECTORS:
+        raise ConfigError(f"--detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
+    if detector == "string_match":
+        if judge_model is not None:
+            raise ConfigError("--judge-model is only used with --detector judge")
+        return RefusalConfig(detector="string_match")
+    model = None
+    if judge_model is not None:
+        model = ModelConfig(backend=policy.model.backend, path=judge_model)
+    return RefusalConfig(detector="judge", judge=JudgeConfig(model=model))
+
+
+def _run_batch(engine, judge, policy: Policy, batch: list[Example]) -> list[ResultRow]:  # type: ignore[no-untyped-def]
+    """Generate and judge one batch; each row gets an equal share of the generation time."""
+    requests = [engine.request(policy, [{"role": "user", "content": ex.prompt}]) for ex in batch]
+    t0 = time.perf_counter()
+    gens = engine.generate_many(requests)
+    share = (time.perf_counter() - t0) / len(batch)
+    verdicts = judge.detect_many([(ex.prompt, g.text) for ex, g in zip(batch, gens)])
+    return [
+        ResultRow(
+            id=ex.id,
+            prompt=ex.prompt,
+            label=ex.label,
+            type=ex.type,
+            policy=policy.name,
+            response=g.text,
+            refused=v.refused,
+            detector=v.detector,
+            refusal_label=v.label,
+            new_tokens=g.completion_tokens,
+            prompt_tokens=g.prompt_tokens,
+            finish_reason=g.finish_reason,
+            seconds=share,
+            modes=dict(Counter(g.modes)),
+        )
+        for ex, g, v in zip(batch, gens, verdicts)
+    ]
