@@ -20,6 +20,7 @@ from guardrail.decoding.sampling import SamplingParams
 from guardrail.errors import ConfigError
 from guardrail.models import resolve_model_path
 from guardrail.policy.schema import AdaCDStrategy, ModelConfig, PlainStrategy, Policy
+from guardrail.policy.strategies import ExpertsStrategy
 
 BACKENDS = ("llamacpp", "transformers")
 
@@ -89,6 +90,10 @@ def make_rule(policy: Policy) -> Rule:
         return PlainRule()
     if isinstance(s, AdaCDStrategy):
         return AdaCDRule(alpha=s.alpha, lam=s.lam, beta=s.beta, steps=s.steps)
+    if isinstance(s, ExpertsStrategy):
+        from guardrail.experts.policy import experts_rule
+
+        return experts_rule(s)
     raise ConfigError(f"strategy {s.kind!r} is not implemented")  # pragma: no cover
 
 
@@ -166,12 +171,27 @@ class Engine:
     ) -> list[list[int]]:
         """Token ids of each stream the policy's strategy needs, answer stream first."""
         plain = with_system_prompt(messages, policy.system_prompt)
-        prompts = [self.backend.encode_chat(plain, tools=tools)]
         s = policy.strategy
+        if isinstance(s, ExpertsStrategy):
+            from guardrail.experts.policy import expert_conversations
+
+            convs = expert_conversations(s, plain, system_role=self.system_role)
+            return [self.backend.encode_chat(c, tools=tools) for c in convs]
+        prompts = [self.backend.encode_chat(plain, tools=tools)]
         if isinstance(s, AdaCDStrategy) and s.steps > 0:
             safety = add_safety_prompt(plain, s.safety_prompt, system_role=self.system_role)
             prompts.append(self.backend.encode_chat(safety, tools=tools))
         return prompts
+
+    def _bound_rule(self, policy: Policy, messages: Sequence[Message]) -> Rule:
+        """``make_rule``, plus a probe router's weights for this conversation (experts only)."""
+        rule = make_rule(policy)
+        if isinstance(policy.strategy, ExpertsStrategy):
+            from guardrail.experts.policy import bind_prompt_router
+
+            plain = with_system_prompt(messages, policy.system_prompt)
+            rule = bind_prompt_router(rule, self.backend, plain)
+        return rule
 
     def request(
         self,
@@ -185,7 +205,7 @@ class Engine:
         sp = policy.sampling
         return GenerationRequest(
             prompts=self.stream_prompts(policy, messages, tools=tools),
-            rule=make_rule(policy),
+            rule=self._bound_rule(policy, messages),
             sampling=SamplingParams(sp.temperature, sp.top_k, sp.top_p, sp.seed),
             max_new_tokens=sp.max_new_tokens,
             stop=[*sp.stop, *stop],

@@ -37,8 +37,73 @@ class AdaCDStrategy(Strict):
     steps: int = Field(10, ge=0, description="K, number of generated tokens under contrast.")
 
 
-Strategy = Annotated[PlainStrategy | AdaCDStrategy, Field(discriminator="kind")]
+class PromptExpert(Strict):
+    """An expert that is the same model under a system prompt (portable mode)."""
+
+    kind: Literal["prompt"] = "prompt"
+    system_prompt: str | None = Field(
+        None, description="System prompt of this expert's stream; null = the conversation as given."
+    )
+
+
+class LoraAdapterExpert(Strict):
+    """A PEFT LoRA adapter on down_proj (faithful mode, transformers; docs/experts.md)."""
+
+    kind: Literal["lora"] = "lora"
+    path: str = Field(min_length=1, description="PEFT adapter directory.")
+
+
+Expert = Annotated[PromptExpert | LoraAdapterExpert, Field(discriminator="kind")]
+
+
+class FixedRouter(Strict):
+    """Constant weights: (1, 0) = the safety expert alone, (0, 1) = the helpfulness expert."""
+
+    kind: Literal["fixed"] = "fixed"
+    alpha: float = Field(0.5, ge=0, description="α, weight of the safety expert.")
+    beta: float = Field(0.5, ge=0, description="β, weight of the helpfulness expert.")
+
+
+class AgreementRouter(Strict):
+    """Per-token α = AdaCD's agreement ratio between the experts, β = 1 − α (portable mode)."""
+
+    kind: Literal["agreement"] = "agreement"
+
+
+class FileRouter(Strict):
+    """A router file: a prompt probe (portable) or per-layer router (faithful)."""
+
+    kind: Literal["file"] = "file"
+    path: str = Field(min_length=1, description="Router safetensors file.")
+
+
+Router = Annotated[FixedRouter | AgreementRouter | FileRouter, Field(discriminator="kind")]
+
+
+class ExpertsStrategy(Strict):
+    """MidPO-style mix of a safety expert and a helpfulness expert with a router."""
+
+    kind: Literal["experts"] = "experts"
+    safety: Expert = Field(
+        default_factory=lambda: PromptExpert(system_prompt=DEFAULT_SAFETY_PROMPT),
+        description="The safety expert.",
+    )
+    helpfulness: Expert = Field(
+        default_factory=PromptExpert, description="The helpfulness expert."
+    )
+    router: Router = Field(default_factory=AgreementRouter, description="How experts are weighed.")
+    scale: float | None = Field(
+        None, gt=0, description="Faithful mode: s of the LoRA deltas; null = adapter's own."
+    )
+    adacd: AdaCDStrategy | None = Field(
+        None, description="Run AdaCD on top of the mixture (portable mode)."
+    )
+
+
+Strategy = Annotated[
+    PlainStrategy | AdaCDStrategy | ExpertsStrategy, Field(discriminator="kind")
+]
 
 
 
-__all__ = ["AdaCDStrategy", "PlainStrategy", "Strategy"]
+__all__ = ["AdaCDStrategy", "ExpertsStrategy", "PlainStrategy", "Strategy"]
