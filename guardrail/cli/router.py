@@ -13,6 +13,11 @@ from guardrail.errors import GuardrailError
 router_app = typer.Typer(help="Expert routers (docs/experts.md).", no_args_is_help=True)
 
 
+@router_app.callback()
+def _group() -> None:
+    """Expert routers (docs/experts.md)."""
+
+
 @router_app.command("train")
 def train(
     data: Path = typer.Option(..., "--data", help="Labelled prompts (CSV or JSONL: prompt, label)."),
