@@ -13,9 +13,16 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from guardrail.cli import demo
+    from guardrail.cli import chat, demo, policy
+    from guardrail.cli import eval as eval_cli
 
     demo.register(app)
+    policy.register(app)
+    chat.register(app)
+    eval_cli.register(app)
+    from guardrail.cli import router as router_cli
+
+    router_cli.register(app)
 
 
 _register()

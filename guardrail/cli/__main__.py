@@ -1,0 +1,5 @@
+"""``python -m guardrail.cli``."""
+
+from guardrail.cli import app
+
+app()
