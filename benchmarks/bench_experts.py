@@ -1,0 +1,97 @@
+"""Cost of each expert mode against plain decoding, measured in one run, printed as ratios.
+
+    python benchmarks/bench_experts.py --tokens 32 --repeats 3
+
+Modes (transformers, embedded model, greedy, one prompt): plain (1 stream); two-stream floor
+(plain rule over a batch of 2 identical streams, what any 2-stream rule pays); portable experts
+(fixed and agreement routers, 2 streams); faithful experts (hooks with r=16 random LoRA experts
+and a random folded router, 1 stream). Targets (issue 6): faithful <= 1.25x plain; portable
+<= 1.05x the two-stream floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from guardrail.decoding.experts import AgreementRouter, ExpertsRule, FixedWeights
+from guardrail.decoding.loop import GenerationRequest, decode
+from guardrail.decoding.rules import PlainRule, Rule
+from guardrail.engine import get_engine
+from guardrail.experts import FaithfulRule, FoldedGates, find_down_projs, load_mix, save_router
+from guardrail.policy import ModelConfig
+
+
+class _TwoStreamPlain(PlainRule):
+    @property
+    def n_streams(self) -> int:
+        return 2
+
+    def streams_needed(self, step: int) -> int:
+        return 2
+
+
+def _adapters(model: torch.nn.Module, root: Path, r: int = 16) -> tuple[Path, Path]:
+    import copy
+
+    import peft
+
+    out = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        pm = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(
+            r=r, lora_alpha=2 * r, target_modules=["down_proj"], init_lora_weights=False))
+        pm.save_pretrained(str(root / str(seed)))
+        out.append(root / str(seed))
+        del pm
+    return out[0], out[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    backend = get_engine(ModelConfig(backend="transformers")).backend
+    ids = backend.encode_chat([{"role": "user", "content": "Tell me about the history of tea."}])
+
+    def run(rule: Rule) -> float:
+        best = float("inf")
+        for _ in range(args.repeats):
+            req = GenerationRequest([ids] * rule.n_streams, rule, max_new_tokens=args.tokens)
+            t = time.perf_counter()
+            n = sum(1 for ev in decode(backend, [req]) if getattr(ev, "token", None) is not None)
+            best = min(best, (time.perf_counter() - t) / max(n, 1))
+        return best
+
+    model = backend.model
+    downs = find_down_projs(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        s, h = _adapters(model, Path(tmp))
+        d = downs[0].in_features
+        router = save_router(FoldedGates(torch.randn(len(downs), 2, d) * 0.01,
+                                         torch.zeros(len(downs), 2)), Path(tmp) / "r.safetensors")
+        mix = load_mix(model, s, h, router)
+        modes: dict[str, Callable[[], float]] = {
+            "plain": lambda: run(PlainRule()),
+            "two-stream floor": lambda: run(_TwoStreamPlain()),
+            "portable fixed": lambda: run(ExpertsRule(FixedWeights(0.5, 0.5))),
+            "portable agreement": lambda: run(ExpertsRule(AgreementRouter())),
+        }
+        run(PlainRule())  # warm-up: first calls pay one-off allocation costs
+        times = {k: f() for k, f in modes.items()}
+        with mix.attached():
+            times["faithful folded"] = run(FaithfulRule(mix))
+    plain, floor = times["plain"], times["two-stream floor"]
+    print(f"{'mode':<22}{'ms/token':>10}{'x plain':>10}{'x 2-stream floor':>18}")
+    for k, t in times.items():
+        print(f"{k:<22}{t * 1e3:>10.2f}{t / plain:>10.2f}{t / floor:>18.2f}")
+
+
+if __name__ == "__main__":
+    main()
