@@ -406,9 +406,9 @@ class _Invalid(Exception):
 
 
 _MAX_WS = 1  # one space between tokens at most (stops runaway blank output)
-#: Longest string value in a forced call: a small model repeating itself inside a string would
-#: otherwise spend the whole token budget there and never close the call. Shorter when the
-#: token budget is small (see ``string_limit``).
+#: Longest string value in a forced call, in characters (a non-ASCII one counts 3): a small model
+#: repeating itself inside a string would otherwise spend the whole token budget there and never
+#: close the call. Shorter when the token budget is small (see ``string_limit``).
 MAX_STRING = 64
 
 
@@ -499,24 +499,33 @@ class _JsonPrefix:
             raise _Invalid
         self.i += 1
         start = self.i
+        cost = 0
         while True:
             if self.i >= len(self.s):
                 if enum is not None and not any(e.startswith(self.s[start:]) for e in enum):
                     raise _Invalid
                 raise _Incomplete
             c = self.s[self.i]
-            if c == "\\":
-                if self.i + 1 >= len(self.s):
-                    raise _Incomplete
-                self.i += 2
-                continue
             if c == '"':
                 value = self.s[start : self.i]
                 if enum is not None and value not in enum:
                     raise _Invalid
                 self.i += 1
                 return value
-            if c in "\n\r\t" or (enum is None and self.i - start >= self.max_string):
+            if enum is None:
+                cost += 1 if c < "\u0080" else 3  # a non-ASCII character costs about a token
+                if cost > self.max_string:
+                    raise _Invalid  # only the closing quote may follow
+            if c == "\\":
+                if enum is not None:
+                    raise _Invalid  # keys and enum values are written plainly
+                if self.i + 1 >= len(self.s):
+                    raise _Incomplete
+                if self.s[self.i + 1] not in '"\\/bfnrt':  # no \u: keeps the check simple
+                    raise _Invalid
+                self.i += 2
+                continue
+            if c in "\n\r\t":
                 raise _Invalid
             self.i += 1
 
@@ -528,6 +537,8 @@ class _JsonPrefix:
         while self.i < len(self.s) and self.s[self.i] in allowed:
             self.i += 1
         body = self.s[start : self.i]
+        if len(body) > 16:
+            raise _Invalid  # a runaway number, not a value anyone meant
         if self.i >= len(self.s):
             raise _Incomplete  # a number is only finished by what follows it
         if body in ("-", "") or not body.lstrip("-")[:1].isdigit():

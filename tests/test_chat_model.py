@@ -14,6 +14,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.tools import tool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel
 
 import guardrail.engine as engine_mod
@@ -21,7 +22,7 @@ from guardrail import GuardedChatModel
 from guardrail.engine import get_engine
 from guardrail.errors import ConfigError, RefusalError
 from guardrail.policy import ModelConfig, load_policy
-from guardrail.tools import parse_tool_calls, safe_text_end
+from guardrail.tools import call_schema, check_json_prefix, parse_tool_calls, safe_text_end
 
 pytest.importorskip("llama_cpp")
 
@@ -349,7 +350,7 @@ def test_forced_tool_call_is_parsed() -> None:
     assert agg.tool_calls[0]["name"] == "get_weather"  # type: ignore[attr-defined]
 
 
-def test_structured_output_plumbing() -> None:
+def test_structured_output() -> None:
     class City(BaseModel):
         """A city."""
 
@@ -359,10 +360,9 @@ def test_structured_output_plumbing() -> None:
     runnable = model.with_structured_output(City, include_raw=True)
     out = runnable.invoke("Name the capital of France.")
     raw = out["raw"]
-    assert isinstance(raw, AIMessage)
-    assert raw.tool_calls or raw.invalid_tool_calls  # the answer was forced into a call
-    if out["parsed"] is not None:
-        assert isinstance(out["parsed"], City)
+    assert isinstance(raw, AIMessage) and raw.tool_calls  # the answer was forced into a call
+    assert isinstance(out["parsed"], City) and out["parsed"].name
+    assert raw.response_metadata["guardrail"]["policy"] == "plain"
 
 
 def test_tool_choice_none_renders_no_tools() -> None:
@@ -385,6 +385,51 @@ def test_parse_formats() -> None:
     assert not bad.tool_calls and bad.invalid_tool_calls
     assert safe_text_end("Hello <tool", "hermes") == len("Hello ")
     assert safe_text_end("Hello", "hermes") == 5
+
+
+def test_json_constraint_states() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "n": {"type": "integer"},
+                       "unit": {"enum": ["c", "f"]}},
+        "required": ["city"],
+    }
+    cases = {
+        '{"ci': "partial",
+        '{"x': "invalid",  # not a property
+        '{"city": "Paris"}': "complete",
+        '{"n": 3}': "invalid",  # "city" is required
+        '{"city": "P", "n": 3.5': "invalid",  # integer only
+        '{"city": "P", "unit": "k': "invalid",  # not in the enum
+        '{"city": "a\\q': "invalid",  # bad escape
+        '{"city": "' + "x" * 65: "invalid",  # string cap
+        '{"city": "P"}}': "invalid",  # trailing text
+    }
+    for text, want in cases.items():
+        assert check_json_prefix(text, schema) == want, text
+    empty = {"type": "object", "properties": {}}
+    assert check_json_prefix('{"a', empty) == "invalid"
+    assert check_json_prefix("{}", empty) == "complete"
+    union = call_schema([convert_to_openai_tool(add)], None)
+    assert check_json_prefix('{"name": "ad', union) == "partial"
+    assert check_json_prefix('{"name": "sub', union) == "invalid"
+    assert check_json_prefix('{"name": "add", "arguments": {"a": 1, "b": 2}}', union) == "complete"
+
+
+def test_forced_call_with_unicode_arguments() -> None:
+    """Byte-piece tokens (CJK) are allowed inside constrained strings."""
+
+    @tool
+    def create_customer(customer_name: str) -> str:
+        """Create a customer record."""
+        return customer_name
+
+    model = llm(policy="plain", max_new_tokens=24)
+    msg = model.bind_tools([create_customer], tool_choice="any").invoke(
+        "Create a customer named '你好啊集团'."
+    )
+    assert msg.tool_calls and msg.tool_calls[0]["name"] == "create_customer"
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in msg.tool_calls[0]["args"]["customer_name"])
 
 
 # ------------------------------------------------------------------ policy actions

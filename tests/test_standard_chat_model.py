@@ -102,3 +102,21 @@ class TestGuardedChatModelIntegration(_Flags, ChatModelIntegrationTests):
     @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
     def test_agent_loop(self, model: Any) -> None:
         super().test_agent_loop(model)
+
+    @pytest.mark.xfail(
+        strict=False,
+        reason="model capability: the embedded 135M English model, shown this tool's "
+        "docstring, writes katakana instead of copying the Chinese name '你好啊集团' into "
+        "customer_name and runs out of tokens; copying CJK text through a forced "
+        "call is tested in test_chat_model.py::test_forced_call_with_unicode_arguments",
+    )
+    def test_unicode_tool_call_integration(
+        self,
+        model: Any,
+        *,
+        tool_choice: str | None = None,
+        force_tool_call: bool = True,
+    ) -> None:
+        super().test_unicode_tool_call_integration(
+            model, tool_choice=tool_choice, force_tool_call=force_tool_call
+        )
