@@ -91,6 +91,11 @@ class Backend(ABC):
         """Longest sequence (prompt plus generation) one stream may hold."""
 
     @property
+    def max_streams(self) -> int:
+        """Most streams one :meth:`open` accepts; the loop splits larger batches."""
+        return 64
+
+    @property
     @abstractmethod
     def end_of_turn_ids(self) -> frozenset[int]:
         """Every token id that ends the assistant's turn (EOS, EOT, ``<|im_end|>``, ...)."""

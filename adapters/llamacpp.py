@@ -162,6 +162,8 @@ class LlamaCppBackend(Backend):
             self._model = model._model
             self._owner: Any = model  # keep the Llama (and its weights) alive
             self._name = Path(model.model_path).name
+            self.model_path = str(model.model_path)
+            n_gpu_layers = int(model.model_params.n_gpu_layers)
         else:
             path = Path(model).expanduser()
             if not path.is_file():
@@ -176,7 +178,10 @@ class LlamaCppBackend(Backend):
                 raise BackendError(f"llama.cpp could not load {str(path)!r}: {e}") from e
             self._owner = None
             self._name = path.name
+            self.model_path = str(path)
         threads = n_threads or os.cpu_count() or 1
+        self.n_threads = threads
+        self.n_gpu_layers = n_gpu_layers
         self.n_batch = max(n_batch, n_seq_max)
         cparams = lib.llama_context_default_params()
         cparams.n_ctx = n_ctx
@@ -221,6 +226,10 @@ class LlamaCppBackend(Backend):
     @property
     def n_ctx(self) -> int:
         return self._n_ctx
+
+    @property
+    def max_streams(self) -> int:
+        return self.n_seq_max
 
     @property
     def end_of_turn_ids(self) -> frozenset[int]:

@@ -33,6 +33,7 @@ class GenerationRequest:
         sampling: greedy or seeded sampling.
         max_new_tokens: hard cap on generated tokens.
         stop: strings that end the answer (not included in it).
+        min_new_tokens: end-of-turn tokens are masked until this many tokens exist.
     """
 
     prompts: Sequence[Sequence[int]]
@@ -40,6 +41,7 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_new_tokens: int = 256
     stop: Sequence[str] = ()
+    min_new_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -100,20 +102,47 @@ def _check_context(backend: Backend, req: GenerationRequest, index: int) -> int:
     return min(req.max_new_tokens, backend.n_ctx - longest)
 
 
+def _groups(
+    requests: Sequence[GenerationRequest], max_streams: int
+) -> Iterator[list[int]]:
+    """Indices of consecutive requests whose streams fit in one batch of ``max_streams``."""
+    group: list[int] = []
+    width = 0
+    for i, r in enumerate(requests):
+        n = len(r.prompts)
+        if group and width + n > max_streams:
+            yield group
+            group, width = [], 0
+        group.append(i)
+        width += n
+    if group:
+        yield group
+
+
 def decode(
     backend: Backend, requests: Sequence[GenerationRequest]
 ) -> Iterator[TokenEvent | FinishEvent]:
-    """Generate every request together; yield token and finish events as they happen.
+    """Generate every request; yield token and finish events as they happen.
 
+    Requests are decoded together, in as few batches as the backend's stream capacity allows.
     The caller must hold the backend exclusively for the whole iteration.
     """
     caps = [_check_context(backend, r, i) for i, r in enumerate(requests)]
+    for group in _groups(requests, backend.max_streams):
+        yield from _decode_batch(backend, [(i, requests[i], caps[i]) for i in group])
+
+
+def _decode_batch(
+    backend: Backend, batch: Sequence[tuple[int, GenerationRequest, int]]
+) -> Iterator[TokenEvent | FinishEvent]:
     eot = backend.end_of_turn_ids
+    eot_index = np.fromiter(eot, dtype=np.int64)
+    caps = {i: cap for i, _, cap in batch}
     live = [
         _Live(i, r, r.sampling.rng(), TextAssembler(backend.detokenize, r.stop), len(r.prompts))
-        for i, r in enumerate(requests)
+        for i, r, _ in batch
     ]
-    with backend.open([p for r in requests for p in r.prompts]) as streams:
+    with backend.open([p for _, r, _ in batch for p in r.prompts]) as streams:
         step = 0
         while True:
             logits = streams.logits()
@@ -122,6 +151,9 @@ def decode(
             for lv in live:
                 z, info = lv.req.rule.combine(logits[row : row + lv.n_streams], step)
                 row += lv.n_streams
+                if step < lv.req.min_new_tokens:
+                    z = z.copy()
+                    z[eot_index] = -np.inf
                 tok = sample(z, lv.req.sampling, lv.rng)
                 if info is not None:
                     lv.steps.append({"step": step, **info})
