@@ -132,7 +132,11 @@ class LlamaCppBackend(Backend):
         n_threads: CPU threads (default: all cores).
         n_gpu_layers: layers offloaded to the GPU (-1 = all); ignored for an existing ``Llama``.
         n_seq_max: most streams open at once (AdaCD uses 2 per request).
-        n_batch: most tokens per decode call during prefill.
+        n_batch: most tokens per decode call (prefill is split into such chunks). Above 32
+            tokens per call llama.cpp switches to matrix kernels whose sums depend on the batch's
+            shape, so a stream's logits would change with the other streams decoded beside it
+            (by up to about one logit on a Q4 model). 32 keeps batched decoding equal to
+            decoding one request at a time; raise it for faster prefill of long prompts.
     """
 
     name = "llamacpp"
@@ -145,7 +149,7 @@ class LlamaCppBackend(Backend):
         n_threads: int | None = None,
         n_gpu_layers: int = 0,
         n_seq_max: int = 16,
-        n_batch: int = 512,
+        n_batch: int = 32,
         verbose: bool = False,
     ):
         lib = _import_llama_cpp()
