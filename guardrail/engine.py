@@ -20,7 +20,7 @@ from guardrail.decoding.sampling import SamplingParams
 from guardrail.errors import ConfigError
 from guardrail.models import resolve_model_path
 from guardrail.policy.schema import AdaCDStrategy, ModelConfig, PlainStrategy, Policy
-from guardrail.policy.strategies import ExpertsStrategy
+from guardrail.policy.strategies import ExpertsStrategy, GatedCDStrategy
 
 BACKENDS = ("llamacpp", "transformers")
 
@@ -83,9 +83,17 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-def make_rule(policy: Policy) -> Rule:
-    """The decoding rule a policy's strategy names."""
+def make_rule(policy: Policy, backend: Backend | None = None) -> Rule:
+    """The decoding rule a policy's strategy names (``gated_cd`` needs the backend's tokenizer
+    to find its refusal-start tokens)."""
     s = policy.strategy
+    if isinstance(s, GatedCDStrategy):
+        from guardrail.decoding.gated_cd import GatedCDRule, refusal_start_ids
+
+        if backend is None:
+            raise ConfigError("strategy gated_cd needs a loaded backend (its refusal tokens)")
+        ids = refusal_start_ids(s.refusal_phrases, backend.tokenize) if s.steps else frozenset()
+        return GatedCDRule(ids, alpha=s.alpha, lam=s.lam, beta=s.beta, steps=s.steps)
     if isinstance(s, PlainStrategy):
         return PlainRule()
     if isinstance(s, AdaCDStrategy):
@@ -129,6 +137,36 @@ def add_safety_prompt(
     raise ConfigError("messages: the safety prompt needs at least one user message")
 
 
+_MARK = "\x00guardrail-system-marker\x00"
+
+
+def default_system_prompt(backend: Backend) -> str | None:
+    """The system text a chat template inserts when the conversation has none, or ``None``.
+
+    Found by rendering once with a marker system message and once without, and taking what the
+    no-system rendering has where the marker stands."""
+    user = [{"role": "user", "content": "hi"}]
+    marked = backend.render([{"role": "system", "content": _MARK}, *user])
+    bare = backend.render(user)
+    head, _, tail = marked.partition(_MARK)
+    if not head or not bare.startswith(head) or not bare.endswith(tail):
+        return None
+    text = bare[len(head) : len(bare) - len(tail)]
+    return text or None
+
+
+def contrast_messages(
+    messages: Sequence[Message], safety_prompt: str, default_system: str | None, *,
+    system_role: bool = True,
+) -> list[dict[str, Any]]:
+    """The safety stream that differs from ``messages`` by the safety instruction alone: with no
+    system message the template's default one is written out and the instruction added to it."""
+    has_system = bool(messages) and messages[0].get("role") == "system"
+    if system_role and not has_system and default_system:
+        messages = [{"role": "system", "content": default_system}, *messages]
+    return add_safety_prompt(messages, safety_prompt, system_role=system_role)
+
+
 @dataclass
 class Generation:
     """A finished answer and everything known about how it was made."""
@@ -155,6 +193,17 @@ class Engine:
         self.backend = backend
         self.lock = threading.RLock()
         self._system_role: bool | None = None
+        self._default_system: tuple[str | None] | None = None
+
+    @property
+    def default_system(self) -> str | None:
+        """The chat template's default system prompt (see :func:`default_system_prompt`)."""
+        if self._default_system is None:
+            try:
+                self._default_system = (default_system_prompt(self.backend),)
+            except Exception:  # a template that needs more than a user turn: treat as none
+                self._default_system = (None,)
+        return self._default_system[0]
 
     @property
     def system_role(self) -> bool:
@@ -181,11 +230,16 @@ class Engine:
         if isinstance(s, AdaCDStrategy) and s.steps > 0:
             safety = add_safety_prompt(plain, s.safety_prompt, system_role=self.system_role)
             prompts.append(self.backend.encode_chat(safety, tools=tools))
+        if isinstance(s, GatedCDStrategy) and s.steps > 0:
+            safety = contrast_messages(
+                plain, s.safety_prompt, self.default_system, system_role=self.system_role
+            )
+            prompts.append(self.backend.encode_chat(safety, tools=tools))
         return prompts
 
     def _bound_rule(self, policy: Policy, messages: Sequence[Message]) -> Rule:
         """``make_rule``, plus a probe router's weights for this conversation (experts only)."""
-        rule = make_rule(policy)
+        rule = make_rule(policy, self.backend)
         if isinstance(policy.strategy, ExpertsStrategy):
             from guardrail.experts.policy import bind_prompt_router
 

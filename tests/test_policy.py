@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from guardrail.errors import PolicyError
+from guardrail.policy.strategies import GatedCDStrategy
 from guardrail.policy import (
     ActionConfig,
     AdaCDStrategy,
@@ -44,7 +45,7 @@ def test_shipped_parameters() -> None:
     assert isinstance(adacd, AdaCDStrategy)
     assert (adacd.alpha, adacd.lam, adacd.beta, adacd.steps) == (4.5, 0.9, 0.01, 10)
     balanced = load_policy("balanced").strategy
-    assert isinstance(balanced, AdaCDStrategy) and balanced.alpha == 2.0
+    assert isinstance(balanced, GatedCDStrategy) and balanced.lam == 0.5
     strict = load_policy("strict")
     assert strict.system_prompt and isinstance(strict.strategy, AdaCDStrategy)
     assert strict.strategy.lam < 0.9
@@ -74,9 +75,9 @@ def test_extends_shipped_name_merges_fields(tmp_path: Path) -> None:
     )
     policy = load_policy(path)
     assert policy.name == "child"  # a name is never inherited
-    assert isinstance(policy.strategy, AdaCDStrategy)
+    assert isinstance(policy.strategy, GatedCDStrategy)
     assert policy.strategy.alpha == 3.0
-    assert policy.strategy.lam == 0.9  # from balanced
+    assert policy.strategy.lam == 0.5  # from balanced
     assert policy.sampling.max_new_tokens == 8
     assert policy.extends is None
 

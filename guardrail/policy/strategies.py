@@ -37,6 +37,41 @@ class AdaCDStrategy(Strict):
     steps: int = Field(10, ge=0, description="K, number of generated tokens under contrast.")
 
 
+DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
+    "I'm sorry", "I am sorry", "Sorry", "I apologize", "I cannot", "I can't", "I'm unable",
+    "I am unable", "As an AI", "Unfortunately", "No,",
+)
+
+
+class GatedCDStrategy(Strict):
+    """Refusal-gated contrastive decoding: AdaCD's comply contrast only where the plain stream
+    starts a refusal that AdaCD's switch does not confirm; plain decoding otherwise. The safety
+    stream keeps the template's default (or the deployment) system prompt and adds the safety
+    prompt to it (docs/overrefusal_study.md)."""
+
+    kind: Literal["gated_cd"] = "gated_cd"
+    safety_prompt: str = Field(
+        DEFAULT_SAFETY_PROMPT,
+        min_length=1,
+        description="Safety instruction added to the contrast stream's system message.",
+    )
+    refusal_phrases: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_REFUSAL_PHRASES),
+        min_length=1,
+        description="Phrases whose first token marks the plain stream as starting a refusal.",
+    )
+    alpha: float = Field(4.5, ge=0, description="α, strength of the comply contrast.")
+    lam: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        validation_alias=AliasChoices("lam", "lambda"),
+        description="λ, agreement threshold and confidence factor that keep a refusal.",
+    )
+    beta: float = Field(0.01, ge=0, lt=1, description="β, plausibility cut-off.")
+    steps: int = Field(10, ge=0, description="K, number of generated tokens under the rule.")
+
+
 class PromptExpert(Strict):
     """An expert that is the same model under a system prompt (portable mode)."""
 
@@ -101,9 +136,12 @@ class ExpertsStrategy(Strict):
 
 
 Strategy = Annotated[
-    PlainStrategy | AdaCDStrategy | ExpertsStrategy, Field(discriminator="kind")
+    PlainStrategy | AdaCDStrategy | GatedCDStrategy | ExpertsStrategy,
+    Field(discriminator="kind"),
 ]
 
 
 
-__all__ = ["AdaCDStrategy", "ExpertsStrategy", "PlainStrategy", "Strategy"]
+__all__ = [
+    "AdaCDStrategy", "ExpertsStrategy", "GatedCDStrategy", "PlainStrategy", "Strategy",
+]

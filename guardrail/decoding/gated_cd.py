@@ -1,0 +1,124 @@
+"""Refusal-gated contrastive decoding: AdaCD's contrast applied only to undo an unsure refusal.
+
+A variant of AdaCD (``docs/papers.md`` §1.3; the study is ``docs/overrefusal_study.md``). Streams
+as in AdaCD: O = the conversation as given (stream 0), S = the same conversation with the safety
+instruction added (stream 1); the engine builds S so that it differs from O by the safety
+instruction alone (the template's default system prompt stays in both). For the first K tokens:
+
+* O refuses iff its top token starts a refusal phrase: ``argmax z_o ∈ R``              (gate)
+* keep the refusal iff it is also AdaCD's refusal mode: ``A >= λ`` and
+  ``max p_o >= λ · max p_s`` (§1.3.2-4); then decode O as is: ``ẑ = z_o``               (keep)
+* an unsure refusal gets AdaCD's comply contrast ``ẑ = z_s − α (z_s − z_o)`` and the
+  plausibility mask from O, ``ẑ[v] = −inf`` where ``p_o[v] < β · max p_o`` (§1.3.5-6)  (undo)
+* O not refusing: ``ẑ = z_o``                                                           (plain)
+
+So an answer differs from plain decoding only where the plain model starts a refusal that the
+safety instruction, not the request, makes it sure of. After K tokens O is decoded alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from guardrail.decoding.adacd import validate_adacd_params
+from guardrail.decoding.mathops import plausibility_mask, rank_of, softmax
+from guardrail.decoding.rules import StepInfo
+from guardrail.errors import ConfigError
+
+
+def gated_cd_logits(
+    z_o: NDArray[np.float32],
+    z_s: NDArray[np.float32],
+    *,
+    refusal_ids: frozenset[int],
+    alpha: float,
+    lam: float,
+    beta: float,
+) -> tuple[NDArray[np.float32], StepInfo]:
+    """One refusal-gated step: final logits and the step's decision (module docstring).
+
+    Args:
+        z_o: next-token logits of the plain stream O, ``[vocab]``.
+        z_s: next-token logits of the safety stream S, ``[vocab]``.
+        refusal_ids: token ids that begin a refusal phrase (R).
+        alpha: contrast strength α of the comply contrast.
+        lam: agreement threshold λ, also the confidence factor (AdaCD's switch).
+        beta: plausibility cut-off β.
+
+    Returns:
+        ``(ẑ, info)``; info ``mode`` is "plain" (O does not refuse), "refuse" (refusal kept,
+        ẑ = z_o) or "comply" (refusal undone by the contrast), with ``agreement``, ``p_plain``
+        and ``p_safety`` as in AdaCD.
+    """
+    p_o, p_s = softmax(z_o), softmax(z_s)
+    agreement = 1.0 / (rank_of(z_o, int(np.argmax(z_s))) + 1)
+    conf_o, conf_s = float(p_o.max()), float(p_s.max())
+    info: StepInfo = {"agreement": agreement, "p_plain": conf_o, "p_safety": conf_s}
+    if int(np.argmax(z_o)) not in refusal_ids:
+        return np.asarray(z_o, dtype=np.float32), {"mode": "plain", **info}
+    if agreement >= lam and conf_o >= lam * conf_s:
+        return np.asarray(z_o, dtype=np.float32), {"mode": "refuse", **info}
+    final = z_s - alpha * (z_s - z_o)
+    final = np.where(plausibility_mask(p_o, beta), np.float32(-np.inf), final).astype(np.float32)
+    return final, {"mode": "comply", **info}
+
+
+def refusal_start_ids(
+    phrases: Iterable[str], tokenize: object, *, max_ids: int = 256
+) -> frozenset[int]:
+    """First token ids of ``phrases`` as an answer may begin them (as written, capitalised,
+    and after a space). ``tokenize`` maps text to token ids (a backend's ``tokenize``)."""
+    if not callable(tokenize):
+        raise ConfigError("refusal_start_ids: tokenize must be callable")
+    ids: set[int] = set()
+    for phrase in phrases:
+        phrase = phrase.strip()
+        if not phrase:
+            continue
+        for form in {phrase, phrase[0].upper() + phrase[1:], " " + phrase}:
+            toks = tokenize(form)
+            if toks:
+                ids.add(int(toks[0]))
+    if not ids:
+        raise ConfigError("refusal_start_ids: no refusal phrase gave a token")
+    if len(ids) > max_ids:
+        raise ConfigError(f"refusal_start_ids: {len(ids)} ids, more than {max_ids}")
+    return frozenset(ids)
+
+
+@dataclass(frozen=True)
+class GatedCDRule:
+    """Refusal-gated contrast over two streams (O, S) for ``steps`` tokens, then O alone."""
+
+    refusal_ids: frozenset[int] = field(default_factory=frozenset)
+    alpha: float = 4.5
+    lam: float = 0.9
+    beta: float = 0.01
+    steps: int = 10
+    name: str = "gated_cd"
+
+    def __post_init__(self) -> None:
+        validate_adacd_params(self.alpha, self.lam, self.beta, self.steps)
+        if self.steps > 0 and not self.refusal_ids:
+            raise ConfigError("gated_cd: refusal_ids is empty (no refusal-start tokens)")
+
+    @property
+    def n_streams(self) -> int:
+        return 2 if self.steps > 0 else 1
+
+    def combine(
+        self, logits: NDArray[np.float32], step: int
+    ) -> tuple[NDArray[np.float32], StepInfo | None]:
+        if step >= self.steps:
+            return logits[0], None
+        return gated_cd_logits(
+            logits[0], logits[1], refusal_ids=self.refusal_ids,
+            alpha=self.alpha, lam=self.lam, beta=self.beta,
+        )
+
+    def streams_needed(self, step: int) -> int:
+        return 2 if step + 1 < self.steps else 1

@@ -1,0 +1,100 @@
+"""Refusal-gated contrastive decoding on hand-made logits: each branch, the mask, K, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from guardrail.decoding.gated_cd import GatedCDRule, gated_cd_logits, refusal_start_ids
+from guardrail.errors import ConfigError
+
+V = 6
+REFUSE = frozenset({0})  # token 0 starts a refusal ("I'm sorry"); 1 and 2 start answers
+
+
+def logits(*pairs: tuple[int, float], base: float = 0.0) -> np.ndarray:
+    z = np.full(V, base, dtype=np.float32)
+    for i, v in pairs:
+        z[i] = v
+    return z
+
+
+def run(z_o: np.ndarray, z_s: np.ndarray, **kw: float) -> tuple[np.ndarray, dict]:
+    args = {"alpha": 4.5, "lam": 0.9, "beta": 0.0, **kw}
+    return gated_cd_logits(z_o, z_s, refusal_ids=REFUSE, **args)
+
+
+def test_plain_branch_when_plain_stream_does_not_start_a_refusal() -> None:
+    z_o = logits((1, 5.0), (0, 4.0))
+    z_s = logits((0, 9.0), (1, 2.0))  # the safety stream wants to refuse: no effect
+    final, info = run(z_o, z_s)
+    assert info["mode"] == "plain"
+    np.testing.assert_array_equal(final, z_o)
+
+
+def test_refuse_branch_keeps_a_confident_refusal_as_plain_decoding() -> None:
+    z_o = logits((0, 6.0), (1, 2.0))
+    z_s = logits((0, 6.5), (1, 2.0))  # agreement 1, max p_o >= 0.9 max p_s
+    final, info = run(z_o, z_s)
+    assert info["mode"] == "refuse"
+    assert info["agreement"] == 1.0
+    np.testing.assert_array_equal(final, z_o)  # no amplification, the plain refusal itself
+
+
+def test_comply_branch_undoes_an_unsure_refusal() -> None:
+    z_o = logits((0, 3.0), (1, 2.5))  # refusal on top, but barely
+    z_s = logits((0, 9.0), (1, 2.5))  # the safety prompt makes it sure: p_o << 0.9 p_s
+    final, info = run(z_o, z_s)
+    assert info["mode"] == "comply"
+    assert info["p_plain"] < 0.9 * info["p_safety"]
+    np.testing.assert_allclose(final, z_s - 4.5 * (z_s - z_o), rtol=1e-6)
+    assert int(np.argmax(final)) == 1  # the answer token wins
+
+
+def test_comply_branch_when_streams_disagree() -> None:
+    z_o = logits((0, 5.0), (2, 4.9))
+    z_s = logits((2, 7.0), (0, 5.0))  # S's top token is O's second: agreement 1/2 < λ
+    _, info = run(z_o, z_s)
+    assert info["mode"] == "comply"
+    assert info["agreement"] == pytest.approx(0.5)
+
+
+def test_comply_branch_applies_the_plausibility_mask_from_the_plain_stream() -> None:
+    z_o = logits((0, 3.0), (1, 2.5), (3, -8.0))
+    z_s = logits((0, 9.0), (1, 2.5), (3, -30.0))  # contrast would favour the implausible 3
+    final, info = run(z_o, z_s, beta=0.01)
+    assert info["mode"] == "comply"
+    assert final[3] == -np.inf
+    assert np.isfinite(final[1])
+
+
+def test_rule_uses_the_contrast_for_k_steps_then_plain() -> None:
+    rule = GatedCDRule(REFUSE, steps=2)
+    z = np.stack([logits((0, 3.0), (1, 2.5)), logits((0, 9.0))])
+    _, info = rule.combine(z, 1)
+    assert info is not None and info["mode"] == "comply"
+    final, info = rule.combine(z[:1], 2)
+    assert info is None
+    np.testing.assert_array_equal(final, z[0])
+    assert rule.n_streams == 2
+    assert [rule.streams_needed(s) for s in range(3)] == [2, 1, 1]
+    assert GatedCDRule(frozenset(), steps=0).n_streams == 1
+
+
+def test_errors_name_the_problem() -> None:
+    with pytest.raises(ConfigError, match="refusal_ids"):
+        GatedCDRule(frozenset())
+    with pytest.raises(ConfigError, match="alpha"):
+        GatedCDRule(REFUSE, alpha=-1)
+    with pytest.raises(ConfigError, match="lam"):
+        GatedCDRule(REFUSE, lam=0)
+
+
+def test_refusal_start_ids_takes_each_phrase_first_token() -> None:
+    def tokenize(text: str) -> list[int]:  # first character, a leading space marked by +1000
+        return [1000 + ord(text[1])] if text.startswith(" ") else [ord(text[0])]
+
+    ids = refusal_start_ids(["I'm sorry", "sorry"], tokenize)
+    assert ids == frozenset({ord("I"), 1000 + ord("I"), ord("s"), ord("S"), 1000 + ord("s")})
+    with pytest.raises(ConfigError, match="no refusal phrase"):
+        refusal_start_ids(["  "], tokenize)
