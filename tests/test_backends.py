@@ -149,7 +149,6 @@ def test_batched_requests_equal_one_by_one(engine: Any) -> None:
         return out
 
     together = _finish(b, reqs())
-    print("\nbackend", b.name, [(f.token_ids[:3], f.steps[:1]) for f in together])
     alone_reqs = reqs()
     alone = [_finish(b, [r])[0] for r in alone_reqs]
     for t, a, r in zip(together, alone, alone_reqs):
