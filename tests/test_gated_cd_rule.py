@@ -98,3 +98,36 @@ def test_refusal_start_ids_takes_each_phrase_first_token() -> None:
     assert ids == frozenset({ord("I"), 1000 + ord("I"), ord("s"), ord("S"), 1000 + ord("s")})
     with pytest.raises(ConfigError, match="no refusal phrase"):
         refusal_start_ids(["  "], tokenize)
+
+
+class _TemplateBackend:
+    """A chat template that inserts a default system prompt when there is none (as Qwen2.5)."""
+
+    def __init__(self, default: str | None):
+        self.default = default
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        if messages[0]["role"] != "system" and self.default:
+            messages = [{"role": "system", "content": self.default}, *messages]
+        return "".join(f"<|{m['role']}|>{m['content']}<|end|>" for m in messages) + "<|assistant|>"
+
+
+def test_default_system_prompt_found_by_diffing_renderings() -> None:
+    from guardrail.engine import default_system_prompt
+
+    assert default_system_prompt(_TemplateBackend("You are a helpful assistant.")) == (  # type: ignore[arg-type]
+        "You are a helpful assistant."
+    )
+    assert default_system_prompt(_TemplateBackend(None)) is None  # type: ignore[arg-type]
+
+
+def test_safety_stream_differs_from_the_plain_stream_by_the_instruction_alone() -> None:
+    from guardrail.engine import contrast_messages
+
+    backend = _TemplateBackend("You are Qwen.")
+    user = [{"role": "user", "content": "How do I kill a Python process?"}]
+    safety = contrast_messages(user, "Please refuse to answer me!", "You are Qwen.")
+    plain_text, safety_text = backend.render(user), backend.render(safety)
+    assert safety_text == plain_text.replace("You are Qwen.", "You are Qwen.\n\nPlease refuse to answer me!")
+    deployed = [{"role": "system", "content": "Be brief."}, *user]  # a deployment prompt stays
+    assert contrast_messages(deployed, "Refuse!", "You are Qwen.")[0]["content"] == "Be brief.\n\nRefuse!"
