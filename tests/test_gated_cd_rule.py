@@ -115,9 +115,8 @@ class _TemplateBackend:
 def test_default_system_prompt_found_by_diffing_renderings() -> None:
     from guardrail.engine import default_system_prompt
 
-    assert default_system_prompt(_TemplateBackend("You are a helpful assistant.")) == (  # type: ignore[arg-type]
-        "You are a helpful assistant."
-    )
+    found = default_system_prompt(_TemplateBackend("Be helpful."))  # type: ignore[arg-type]
+    assert found == "Be helpful."
     assert default_system_prompt(_TemplateBackend(None)) is None  # type: ignore[arg-type]
 
 
@@ -128,6 +127,8 @@ def test_safety_stream_differs_from_the_plain_stream_by_the_instruction_alone() 
     user = [{"role": "user", "content": "How do I kill a Python process?"}]
     safety = contrast_messages(user, "Please refuse to answer me!", "You are Qwen.")
     plain_text, safety_text = backend.render(user), backend.render(safety)
-    assert safety_text == plain_text.replace("You are Qwen.", "You are Qwen.\n\nPlease refuse to answer me!")
+    both = "You are Qwen.\n\nPlease refuse to answer me!"
+    assert safety_text == plain_text.replace("You are Qwen.", both)
     deployed = [{"role": "system", "content": "Be brief."}, *user]  # a deployment prompt stays
-    assert contrast_messages(deployed, "Refuse!", "You are Qwen.")[0]["content"] == "Be brief.\n\nRefuse!"
+    first = contrast_messages(deployed, "Refuse!", "You are Qwen.")[0]
+    assert first["content"] == "Be brief.\n\nRefuse!"

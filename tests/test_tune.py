@@ -34,7 +34,9 @@ def test_grid_policies_one_per_setting_and_invalid_values_rejected() -> None:
 
 
 @pytest.mark.llamacpp
-def test_tune_sweeps_a_tiny_grid_on_the_embedded_model(llama_engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_tune_sweeps_a_tiny_grid_on_the_embedded_model(  # type: ignore[no-untyped-def]
+    llama_engine, tmp_path: Path
+) -> None:
     from guardrail.cli import app
 
     data = tmp_path / "prompts.csv"

@@ -85,13 +85,19 @@ def tune(
     ),
     data: str = typer.Option(..., help="Labelled prompt file (CSV/JSONL with prompt, label)."),
     out: Path = typer.Option(..., help="Run directory (results, summary, tradeoff.png)."),
-    model: Optional[str] = typer.Option(None, help="Model path (default: the policy's)."),  # noqa: UP007
+    model: Optional[str] = typer.Option(  # noqa: UP007 - typer needs Optional here
+        None, help="Model path (default: the policy's)."
+    ),
     backend: Optional[str] = typer.Option(None, help="llamacpp or transformers."),  # noqa: UP007
-    limit: Optional[int] = typer.Option(None, help="Use N prompts, taken in turn from each type."),  # noqa: UP007
+    limit: Optional[int] = typer.Option(  # noqa: UP007
+        None, help="Use N prompts, taken in turn from each type."
+    ),
     max_new_tokens: int = typer.Option(24, help="Answer length."),
     detector: str = typer.Option("string_match", help="string_match or judge."),
     batch_size: int = typer.Option(8, help="Prompts decoded together."),
-    threads: Optional[int] = typer.Option(None, help="llama.cpp CPU threads (default: all)."),  # noqa: UP007
+    threads: Optional[int] = typer.Option(  # noqa: UP007
+        None, help="llama.cpp CPU threads (default: all)."
+    ),
 ) -> None:
     """Sweep a rule's parameters and print safe-prompt vs unsafe-prompt refusal per setting."""
     from guardrail import eval as ev
