@@ -129,7 +129,8 @@ class LlamaCppBackend(Backend):
         model: a ``.gguf`` path, or an existing ``llama_cpp.Llama`` whose weights are reused
             (no second copy; a separate context is made for the streams).
         n_ctx: context size (tokens of all live streams share one unified KV cache).
-        n_threads: CPU threads (default: all cores).
+        n_threads: CPU threads for decoding (default: half the cores, as llama-cpp-python;
+            prefill uses all cores unless this is given).
         n_gpu_layers: layers offloaded to the GPU (-1 = all); ignored for an existing ``Llama``.
         n_seq_max: most streams open at once (AdaCD uses 2 per request).
         n_batch: most tokens per decode call (prefill is split into such chunks). Above 32
@@ -183,9 +184,11 @@ class LlamaCppBackend(Backend):
             self._owner = None
             self._name = path.name
             self.model_path = str(path)
-        threads = n_threads or os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+        threads = n_threads or max(1, cores // 2)  # llama-cpp-python's own defaults
         self.n_threads = threads
         self.n_gpu_layers = n_gpu_layers
+        self.n_threads_batch = n_threads or cores
         self.n_batch = max(n_batch, n_seq_max)
         cparams = lib.llama_context_default_params()
         cparams.n_ctx = n_ctx
@@ -193,7 +196,7 @@ class LlamaCppBackend(Backend):
         cparams.n_ubatch = self.n_batch
         cparams.n_seq_max = n_seq_max
         cparams.n_threads = threads
-        cparams.n_threads_batch = threads
+        cparams.n_threads_batch = n_threads or cores
         cparams.kv_unified = True
         cparams.no_perf = True
         self._ctx = _internals.LlamaContext(model=self._model, params=cparams, verbose=verbose)

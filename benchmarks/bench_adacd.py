@@ -111,7 +111,7 @@ def _native_llama(b: Any) -> Any:
         from llama_cpp import Llama
 
         _LLAMAS[id(b)] = Llama(
-            b.model_path, n_ctx=b.n_ctx, n_threads=b.n_threads, n_threads_batch=b.n_threads,
+            b.model_path, n_ctx=b.n_ctx, n_threads=b.n_threads, n_threads_batch=b.n_threads_batch,
             n_gpu_layers=b.n_gpu_layers, verbose=False,
         )
     return _LLAMAS[id(b)]
@@ -199,9 +199,10 @@ def main(
     json_out: str | None = typer.Option(None, "--json", help="Also write the rows as JSON."),
 ) -> None:
     """Measure and print the ratios; exit 1 when a target is missed."""
-    rows = [
-        bench(_config(b, model, device, dtype, n_gpu_layers), tokens, repeats, memory) for b in backend
-    ]
+    rows = []
+    for b in backend:
+        rows.append(bench(_config(b, model, device, dtype, n_gpu_layers), tokens, repeats, memory))
+        print(json.dumps(rows[-1]), flush=True)
     cols = ["backend", "device", "plain_ms_per_token", "floor", "per_token", "per_token_vs_floor",
             "e2e_k10", "loop_vs_native", "memory"]
     print("| " + " | ".join(cols) + " |")
