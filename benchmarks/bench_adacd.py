@@ -16,6 +16,7 @@ Usage: ``python benchmarks/bench_adacd.py [--backend llamacpp --backend transfor
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -37,10 +38,11 @@ TARGETS = {"per_token_vs_floor": 1.05, "e2e_k10": 1.15, "loop_vs_native": 1.05, 
 
 
 def _config(
-    backend: str, model: str | None, device: str, dtype: str, n_gpu_layers: int
+    backend: str, model: str | None, device: str, dtype: str, n_gpu_layers: int, threads: int
 ) -> ModelConfig:
     return ModelConfig(
-        backend=backend, path=model, device=device, dtype=dtype, n_gpu_layers=n_gpu_layers
+        backend=backend, path=model, device=device, dtype=dtype, n_gpu_layers=n_gpu_layers,
+        n_threads=threads,
     )
 
 
@@ -194,6 +196,10 @@ def main(
     device: str = typer.Option("cpu", help="transformers device: cpu or cuda."),
     dtype: str = typer.Option("float32", help="transformers dtype."),
     n_gpu_layers: int = typer.Option(0, help="llama.cpp layers on the GPU (-1 = all)."),
+    threads: int = typer.Option(
+        os.cpu_count() or 1,
+        help="llama.cpp threads for one-token and multi-token steps alike (a fair floor).",
+    ),
     model: str | None = typer.Option(None, help="Model path (default: the embedded model)."),
     memory: bool = typer.Option(True, help="Also measure peak memory (fresh processes)."),
     json_out: str | None = typer.Option(None, "--json", help="Also write the rows as JSON."),
@@ -201,7 +207,7 @@ def main(
     """Measure and print the ratios; exit 1 when a target is missed."""
     rows = []
     for b in backend:
-        rows.append(bench(_config(b, model, device, dtype, n_gpu_layers), tokens, repeats, memory))
+        rows.append(bench(_config(b, model, device, dtype, n_gpu_layers, threads), tokens, repeats, memory))
         print(json.dumps(rows[-1]), flush=True)
     cols = ["backend", "device", "plain_ms_per_token", "floor", "per_token", "per_token_vs_floor",
             "e2e_k10", "loop_vs_native", "memory"]
