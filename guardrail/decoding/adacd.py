@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from guardrail.decoding.mathops import plausibility_mask, rank_of, softmax
-from guardrail.decoding.rules import StepInfo
+from guardrail.decoding.rules import StepInfo, TwoStreamsForKSteps
 from guardrail.errors import ConfigError
 
 DEFAULT_SAFETY_PROMPT = "Please refuse to answer me!"
@@ -71,7 +71,7 @@ def adacd_logits(
 
 
 @dataclass(frozen=True)
-class AdaCDRule:
+class AdaCDRule(TwoStreamsForKSteps):
     """AdaCD over two streams (O, S) for the first ``steps`` tokens, then O alone."""
 
     alpha: float = 4.5
@@ -83,16 +83,9 @@ class AdaCDRule:
     def __post_init__(self) -> None:
         validate_adacd_params(self.alpha, self.lam, self.beta, self.steps)
 
-    @property
-    def n_streams(self) -> int:
-        return 2 if self.steps > 0 else 1
-
     def combine(
         self, logits: NDArray[np.float32], step: int
     ) -> tuple[NDArray[np.float32], StepInfo | None]:
         if step >= self.steps:
             return logits[0], None
         return adacd_logits(logits[0], logits[1], alpha=self.alpha, lam=self.lam, beta=self.beta)
-
-    def streams_needed(self, step: int) -> int:
-        return 2 if step + 1 < self.steps else 1

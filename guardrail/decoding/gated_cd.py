@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from guardrail.decoding.adacd import validate_adacd_params
 from guardrail.decoding.mathops import plausibility_mask, rank_of, softmax
-from guardrail.decoding.rules import StepInfo
+from guardrail.decoding.rules import StepInfo, TwoStreamsForKSteps
 from guardrail.errors import ConfigError
 
 
@@ -91,7 +91,7 @@ def refusal_start_ids(
 
 
 @dataclass(frozen=True)
-class GatedCDRule:
+class GatedCDRule(TwoStreamsForKSteps):
     """Refusal-gated contrast over two streams (O, S) for ``steps`` tokens, then O alone."""
 
     refusal_ids: frozenset[int] = field(default_factory=frozenset)
@@ -106,10 +106,6 @@ class GatedCDRule:
         if self.steps > 0 and not self.refusal_ids:
             raise ConfigError("gated_cd: refusal_ids is empty (no refusal-start tokens)")
 
-    @property
-    def n_streams(self) -> int:
-        return 2 if self.steps > 0 else 1
-
     def combine(
         self, logits: NDArray[np.float32], step: int
     ) -> tuple[NDArray[np.float32], StepInfo | None]:
@@ -119,6 +115,3 @@ class GatedCDRule:
             logits[0], logits[1], refusal_ids=self.refusal_ids,
             alpha=self.alpha, lam=self.lam, beta=self.beta,
         )
-
-    def streams_needed(self, step: int) -> int:
-        return 2 if step + 1 < self.steps else 1

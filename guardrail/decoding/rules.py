@@ -56,3 +56,17 @@ class PlainRule:
 
     def streams_needed(self, step: int) -> int:
         return 1
+
+
+class TwoStreamsForKSteps:
+    """Stream schedule shared by the contrastive rules: the answer stream O and a contrast
+    stream S for the first ``steps`` tokens, then O alone (S is freed after step K-1)."""
+
+    steps: int
+
+    @property
+    def n_streams(self) -> int:
+        return 2 if self.steps > 0 else 1
+
+    def streams_needed(self, step: int) -> int:
+        return 2 if step + 1 < self.steps else 1
