@@ -122,3 +122,33 @@ def test_rank_is_counted_without_sorting(monkeypatch: pytest.MonkeyPatch) -> Non
     assert mathops.rank_of(z_o, top) == expected
     _, info = adacd_logits(z_o, z_s, alpha=4.5, lam=0.9, beta=0.01)
     assert info["agreement"] == pytest.approx(1 / (expected + 1))
+
+
+def _textbook_step(z_o: np.ndarray, z_s: np.ndarray, alpha: float, lam: float, beta: float):
+    """The formulas of papers.md §1.3 written out with fresh arrays at every step."""
+    p_o, p_s = mathops.softmax(z_o), mathops.softmax(z_s)
+    a = 1.0 / (int(np.count_nonzero(z_o > z_o[int(np.argmax(z_s))])) + 1)
+    conf_o, conf_s = float(p_o.max()), float(p_s.max())
+    refuse = a >= lam and conf_o >= lam * conf_s
+    final = z_s + alpha * (z_s - z_o) if refuse else z_s - alpha * (z_s - z_o)
+    final = np.where(p_o < beta * p_o.max(), np.float32(-np.inf), final).astype(np.float32)
+    return final, {"mode": "refuse" if refuse else "comply", "agreement": a,
+                   "p_plain": conf_o, "p_safety": conf_s}
+
+
+def test_in_place_step_is_bit_identical_to_the_textbook_formulas() -> None:
+    """The fast path (no safety softmax, in-place contrast) must not move a single bit."""
+    rng = np.random.default_rng(7)
+    modes = set()
+    for i in range(300):
+        z_o = (rng.normal(size=4096) * rng.uniform(0.5, 8)).astype(np.float32)
+        z_s = (rng.normal(size=4096) * rng.uniform(0.5, 8)).astype(np.float32)
+        if i % 2:  # streams that agree, so refusal mode occurs too
+            z_s = z_o + (rng.normal(size=4096) * 0.05).astype(np.float32)
+            z_o[int(np.argmax(z_o))] += 4.0
+        got, info = adacd_logits(z_o, z_s, alpha=4.5, lam=0.9, beta=0.01)
+        want, want_info = _textbook_step(z_o, z_s, 4.5, 0.9, 0.01)
+        assert got.dtype == np.float32
+        assert np.array_equal(got, want) and info == want_info
+        modes.add(info["mode"])
+    assert modes == {"refuse", "comply"}

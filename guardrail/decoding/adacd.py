@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from guardrail.decoding.mathops import plausibility_mask, rank_of, softmax
+from guardrail.decoding.mathops import agreement, contrast
 from guardrail.decoding.rules import StepInfo, TwoStreamsForKSteps
 from guardrail.errors import ConfigError
 
@@ -59,15 +59,13 @@ def adacd_logits(
         ``(ẑ, info)`` where info has ``mode`` ("refuse" or "comply"), ``agreement`` A,
         ``p_plain`` = max p_o and ``p_safety`` = max p_s.
     """
-    p_o, p_s = softmax(z_o), softmax(z_s)
-    agreement = 1.0 / (rank_of(z_o, int(np.argmax(z_s))) + 1)
-    conf_o, conf_s = float(p_o.max()), float(p_s.max())
-    refuse = agreement >= lam and conf_o >= lam * conf_s
-    direction = z_s - z_o
-    final = z_s + alpha * direction if refuse else z_s - alpha * direction
-    final = np.where(plausibility_mask(p_o, beta), np.float32(-np.inf), final).astype(np.float32)
+    sig = agreement(z_o, z_s)
+    refuse = sig.refuse(lam)
+    final = contrast(z_o, z_s, sig.p_o, alpha=alpha, towards_safety=refuse, beta=beta)
     mode = "refuse" if refuse else "comply"
-    return final, {"mode": mode, "agreement": agreement, "p_plain": conf_o, "p_safety": conf_s}
+    return final, {
+        "mode": mode, "agreement": sig.agreement, "p_plain": sig.conf_o, "p_safety": sig.conf_s
+    }
 
 
 @dataclass(frozen=True)

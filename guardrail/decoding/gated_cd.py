@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from guardrail.decoding.adacd import validate_adacd_params
-from guardrail.decoding.mathops import plausibility_mask, rank_of, softmax
+from guardrail.decoding.mathops import agreement, contrast
 from guardrail.decoding.rules import StepInfo, TwoStreamsForKSteps
 from guardrail.errors import ConfigError
 
@@ -54,16 +54,13 @@ def gated_cd_logits(
         ẑ = z_o) or "comply" (refusal undone by the contrast), with ``agreement``, ``p_plain``
         and ``p_safety`` as in AdaCD.
     """
-    p_o, p_s = softmax(z_o), softmax(z_s)
-    agreement = 1.0 / (rank_of(z_o, int(np.argmax(z_s))) + 1)
-    conf_o, conf_s = float(p_o.max()), float(p_s.max())
-    info: StepInfo = {"agreement": agreement, "p_plain": conf_o, "p_safety": conf_s}
+    sig = agreement(z_o, z_s)
+    info: StepInfo = {"agreement": sig.agreement, "p_plain": sig.conf_o, "p_safety": sig.conf_s}
     if int(np.argmax(z_o)) not in refusal_ids:
         return np.asarray(z_o, dtype=np.float32), {"mode": "plain", **info}
-    if agreement >= lam and conf_o >= lam * conf_s:
+    if sig.refuse(lam):
         return np.asarray(z_o, dtype=np.float32), {"mode": "refuse", **info}
-    final = z_s - alpha * (z_s - z_o)
-    final = np.where(plausibility_mask(p_o, beta), np.float32(-np.inf), final).astype(np.float32)
+    final = contrast(z_o, z_s, sig.p_o, alpha=alpha, towards_safety=False, beta=beta)
     return final, {"mode": "comply", **info}
 
 
