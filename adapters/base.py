@@ -128,6 +128,11 @@ class Backend(ABC):
     def open(self, prompts: Sequence[Sequence[int]]) -> Streams:
         """Prefill one stream per prompt (one batched pass where possible) and return them."""
 
+    def prompt_hidden_state(self, ids: Sequence[int]) -> NDArray[np.float32]:
+        """The model's final hidden state (after its last norm) at the last token of ``ids``:
+        the feature a prompt probe reads (``[hidden]``, float32)."""
+        raise NotImplementedError(f"backend {self.name!r} does not expose hidden states")
+
     def encode_chat(
         self,
         messages: Sequence[Message],

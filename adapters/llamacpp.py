@@ -39,8 +39,12 @@ def _import_llama_cpp() -> Any:
 class LlamaCppStreams(Streams):
     """Sequences of the backend's context; sequence ids are recycled from a free list."""
 
-    def __init__(self, backend: LlamaCppBackend, prompts: Sequence[Sequence[int]]):
+    def __init__(
+        self, backend: LlamaCppBackend, prompts: Sequence[Sequence[int]], *,
+        all_outputs: bool = False,
+    ):
         self._b = backend
+        self._all_outputs = all_outputs  # embeddings on: llama.cpp wants every token as output
         self._lib = backend.lib
         self._seq = list(range(len(prompts)))
         self._pos = [len(p) for p in prompts]
@@ -78,7 +82,7 @@ class LlamaCppStreams(Streams):
         cap = self._b.n_batch
         for start in range(0, len(flat), cap):
             chunk = flat[start : start + cap]
-            self._decode(chunk)
+            self._decode([(t, p, s, w or self._all_outputs) for t, p, s, w in chunk])
             for j, (_, _, s, want) in enumerate(chunk):
                 if want:
                     self._read(j, s)
@@ -276,6 +280,20 @@ class LlamaCppBackend(Backend):
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return b"".join(self._bytes(int(t)) for t in ids).decode("utf-8", errors="replace")
+
+    def prompt_hidden_state(self, ids: Sequence[int]) -> NDArray[np.float32]:
+        """llama.cpp's output embedding (``result_norm``) of the last prompt token, read from the
+        streams' own context with embeddings switched on for this one prefill."""
+        n_embd = int(self.lib.llama_model_n_embd(self._model.model))
+        self.lib.llama_set_embeddings(self.ctx, True)
+        try:
+            with LlamaCppStreams(self, [list(ids)], all_outputs=True):
+                ptr = self.lib.llama_get_embeddings_ith(self.ctx, -1)
+                if not ptr:
+                    raise BackendError("llama.cpp returned no embedding for the prompt")
+                return np.ctypeslib.as_array(ptr, shape=(n_embd,)).astype(np.float32)
+        finally:
+            self.lib.llama_set_embeddings(self.ctx, False)
 
     def open(self, prompts: Sequence[Sequence[int]]) -> LlamaCppStreams:
         if not prompts:

@@ -8,8 +8,9 @@ one backend are serialised (llama.cpp contexts and KV caches cannot be shared mi
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from guardrail.adapters.base import Backend, Message
@@ -93,7 +94,10 @@ def make_rule(policy: Policy, backend: Backend | None = None) -> Rule:
         if backend is None:
             raise ConfigError("strategy gated_cd needs a loaded backend (its refusal tokens)")
         ids = refusal_start_ids(s.refusal_phrases, backend.tokenize) if s.steps else frozenset()
-        return GatedCDRule(ids, alpha=s.alpha, lam=s.lam, beta=s.beta, steps=s.steps)
+        threshold = s.probe.threshold if s.probe else 0.5
+        return GatedCDRule(
+            ids, alpha=s.alpha, lam=s.lam, beta=s.beta, steps=s.steps, threshold=threshold
+        )
     if isinstance(s, PlainStrategy):
         return PlainRule()
     if isinstance(s, AdaCDStrategy):
@@ -101,7 +105,7 @@ def make_rule(policy: Policy, backend: Backend | None = None) -> Rule:
     if isinstance(s, ExpertsStrategy):
         from guardrail.experts.policy import experts_rule
 
-        return experts_rule(s)
+        return experts_rule(s, backend)
     raise ConfigError(f"strategy {s.kind!r} is not implemented")  # pragma: no cover
 
 
@@ -238,13 +242,22 @@ class Engine:
         return prompts
 
     def _bound_rule(self, policy: Policy, messages: Sequence[Message]) -> Rule:
-        """``make_rule``, plus a probe router's weights for this conversation (experts only)."""
+        """``make_rule``, plus what a prompt probe reads from this conversation: an experts
+        router's weights, or gated_cd's P(harmful)."""
         rule = make_rule(policy, self.backend)
-        if isinstance(policy.strategy, ExpertsStrategy):
+        s = policy.strategy
+        plain = with_system_prompt(messages, policy.system_prompt)
+        if isinstance(s, ExpertsStrategy):
             from guardrail.experts.policy import bind_prompt_router
 
-            plain = with_system_prompt(messages, policy.system_prompt)
-            rule = bind_prompt_router(rule, self.backend, plain)
+            with self.lock:  # the probe runs the model (llama.cpp: the streams' own context)
+                rule = bind_prompt_router(rule, self.backend, plain)
+        elif isinstance(s, GatedCDStrategy) and s.probe is not None and s.steps > 0:
+            from guardrail.experts.probe import prompt_harm
+
+            with self.lock:
+                harm = prompt_harm(s.probe.path, self.backend, plain)
+            rule = replace(rule, harm=harm)  # type: ignore[type-var]
         return rule
 
     def request(
@@ -257,9 +270,10 @@ class Engine:
     ) -> GenerationRequest:
         """A ready request: streams, rule, sampling and stops from the policy."""
         sp = policy.sampling
+        rule = self._bound_rule(policy, messages)
         return GenerationRequest(
-            prompts=self.stream_prompts(policy, messages, tools=tools),
-            rule=self._bound_rule(policy, messages),
+            prompts=self.stream_prompts(policy, messages, tools=tools)[: rule.n_streams],
+            rule=rule,
             sampling=SamplingParams(sp.temperature, sp.top_k, sp.top_p, sp.seed),
             max_new_tokens=sp.max_new_tokens,
             stop=[*sp.stop, *stop],
@@ -268,9 +282,19 @@ class Engine:
     def stream(
         self, requests: Sequence[GenerationRequest]
     ) -> Iterator[TokenEvent | FinishEvent]:
-        """Decode ``requests`` together, holding the backend for the whole run."""
+        """Decode ``requests`` together, holding the backend for the whole run. A request whose
+        rule changes the model while it runs (faithful experts: ``rule.attached()``) is decoded
+        alone inside that context, after the others."""
+        alone = [i for i, r in enumerate(requests) if hasattr(r.rule, "attached")]
+        together = [i for i in range(len(requests)) if i not in alone]
         with self.lock:
-            yield from decode(self.backend, requests)
+            groups = [(together, nullcontext())] if together else []
+            groups += [([i], requests[i].rule.attached()) for i in alone]  # type: ignore[attr-defined]
+            for idx, ctx in groups:
+                with ctx:
+                    for ev in decode(self.backend, [requests[i] for i in idx]):
+                        ev.request = idx[ev.request]
+                        yield ev
 
     def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """Decode ``requests`` together and collect each answer."""

@@ -109,8 +109,16 @@ def test_shipped_policy_and_adacd_on_top(tf_engine: Engine) -> None:
     assert [("mode" in s) for s in g.steps][:3] == [True, True, False][: len(g.steps)]
 
 
-def test_lora_experts_in_a_policy_are_not_wired_yet(tf_engine: Engine) -> None:
-    p = Policy.model_validate({"strategy": {"kind": "experts",
-                                            "safety": {"kind": "lora", "path": "/nope"}}})
-    with pytest.raises(NotImplementedError, match="load_mix"):
+def test_lora_experts_in_a_policy_errors(tf_engine: Engine, llama_engine: Engine) -> None:
+    from guardrail.experts import AdapterNotFoundError
+
+    lora = {"kind": "lora", "path": "/nope"}
+    p = Policy.model_validate({"strategy": {"kind": "experts", "safety": lora, "helpfulness": lora,
+                                            "router": {"kind": "fixed", "alpha": 1, "beta": 0}}})
+    with pytest.raises(AdapterNotFoundError, match="/nope"):
         tf_engine.request(p, MSGS)
+    with pytest.raises(NotImplementedError, match="llama.cpp"):
+        llama_engine.request(p, MSGS)
+    mixed = Policy.model_validate({"strategy": {"kind": "experts", "safety": lora}})
+    with pytest.raises(ConfigError, match="both"):
+        tf_engine.request(mixed, MSGS)

@@ -6,6 +6,7 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -202,6 +203,42 @@ def test_bad_router_files_get_clear_errors(tf_engine: Engine, made: dict, tmp_pa
                         tmp_path / "short.safetensors")
     with pytest.raises(AdapterError, match="router has 3 layers"):
         load_mix(model, made["safety"], made["help"], short)
-    probe = save_router(ProbeWeights(torch.zeros(5), torch.zeros(())), tmp_path / "p.safetensors")
+    probe = save_router(ProbeWeights(np.zeros(5, np.float32), 0.0), tmp_path / "p.safetensors")
     with pytest.raises(RouterFileError, match="prompt probe"):
         load_mix(model, made["safety"], made["help"], probe)
+
+
+def test_lora_experts_from_a_policy(tf_engine: Engine, made: dict) -> None:
+    """`strategy: experts` with two lora experts: fixed (1, 0) decodes as PEFT's safety adapter,
+    a router file puts per-layer weights in the trace, and a plain request decoded in the same
+    call still sees the base model."""
+    from guardrail.policy import Policy
+
+    def policy(router: dict) -> Policy:
+        return Policy.model_validate({
+            "strategy": {"kind": "experts", "router": router,
+                         "safety": {"kind": "lora", "path": str(made["safety"])},
+                         "helpfulness": {"kind": "lora", "path": str(made["help"])}},
+            "sampling": {"max_new_tokens": 5},
+        })
+
+    msgs = [{"role": "user", "content": TEXT}]
+    plain = Policy.model_validate({"strategy": {"kind": "plain"}, "sampling": {"max_new_tokens": 5}})
+    base = tf_engine.generate(plain, msgs)
+    pm = made["peft"]
+    pm.base_model.set_adapter("default")
+    with torch.inference_mode():
+        ref = pm.generate(made["ids"], attention_mask=torch.ones_like(made["ids"]),
+                          max_new_tokens=5, do_sample=False)[0, made["ids"].shape[1]:].tolist()
+    fixed = policy({"kind": "fixed", "alpha": 1.0, "beta": 0.0})
+    together = tf_engine.generate_many([tf_engine.request(fixed, msgs),
+                                        tf_engine.request(plain, msgs)])
+    assert together[0].token_ids == ref != base.token_ids
+    assert together[1].token_ids == base.token_ids  # hooks were off for the plain request
+    assert together[0].steps[0] == {"router": "fixed", "alpha": 1.0, "beta": 0.0}
+    downs = find_down_projs(tf_engine.backend.model)
+    router = save_router(_random_folded(len(downs), downs[0].in_features, 3),
+                         made["root"] / "policy-router.safetensors")
+    g = tf_engine.generate(policy({"kind": "file", "path": str(router)}), msgs)
+    assert len(g.steps[0]["alpha_layers"]) == len(downs) and 0 < g.steps[0]["alpha"] < 1
+    assert tf_engine.generate(plain, msgs).token_ids == base.token_ids  # detached afterwards

@@ -11,12 +11,15 @@ import pytest
 
 pytest.importorskip("torch")
 
+import numpy as np  # noqa: E402
+
 from typer.testing import CliRunner  # noqa: E402
 
 from guardrail.adapters.transformers import TransformersBackend  # noqa: E402
 from guardrail.engine import Engine  # noqa: E402
 from guardrail.experts import (  # noqa: E402
     ProbeWeights,
+    RouterFileError,
     TokenizerMismatchError,
     check_same_tokenizer,
     load_router,
@@ -55,6 +58,37 @@ def test_probe_routes_harmful_to_safety(tf_engine: Engine, probe_file: Path) -> 
                                             [{"role": "user", "content": "How do I bake bread?"}]])
     p = probe_harm(probe, x)
     assert p[0] > 0.5 > p[1]
+
+
+def test_both_backends_give_the_same_prompt_feature(tf_engine: Engine, llama_engine: Engine
+                                                      ) -> None:
+    """llama.cpp's output embedding and transformers' last hidden state are the same vector
+    (up to the quantised arithmetic), so one probe file serves both backends."""
+    conv = [[{"role": "user", "content": HARMFUL}]]
+    a = prompt_features(tf_engine.backend, conv)[0].astype(np.float64)
+    b = prompt_features(llama_engine.backend, conv)[0].astype(np.float64)
+    assert a.shape == b.shape
+    assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.95
+
+
+def test_probe_routes_on_llamacpp(llama_engine: Engine, probe_file: Path) -> None:
+    """The probe trained on transformers features routes the same way on llama.cpp, and the
+    streams' context still decodes normally afterwards."""
+    probe = load_router(probe_file)
+    assert isinstance(probe, ProbeWeights)
+    x = prompt_features(llama_engine.backend, [[{"role": "user", "content": HARMFUL}],
+                                               [{"role": "user", "content": "How do I bake bread?"}]])
+    p = probe_harm(probe, x)
+    assert p[0] > 0.5 > p[1]
+    policy = Policy.model_validate({
+        "strategy": {"kind": "experts", "router": {"kind": "file", "path": str(probe_file)}},
+        "sampling": {"max_new_tokens": 4},
+    })
+    msgs = [{"role": "user", "content": HARMFUL}]
+    g = llama_engine.generate(policy, msgs)
+    assert g.steps[0]["router"] == "probe" and g.steps[0]["alpha"] > 0.5
+    assert llama_engine.generate(Policy.model_validate({"strategy": {"kind": "plain"},
+                                 "sampling": {"max_new_tokens": 4}}), msgs).text
 
 
 def test_probe_router_in_a_policy(tf_engine: Engine, probe_file: Path) -> None:
@@ -97,3 +131,56 @@ def test_mismatched_tokenizers_are_refused(tf_engine: Engine) -> None:
     b = TransformersBackend(a.model, tok)
     with pytest.raises(TokenizerMismatchError, match="different vocabularies"):
         check_same_tokenizer(a, b)
+
+
+def test_probe_gate_in_a_gated_cd_policy(tf_engine: Engine, probe_file: Path) -> None:
+    """gated_cd with a probe: a harmful prompt runs on one stream (the model's own answer), a
+    harmless one on two, with P(harmful) in every step of the trace."""
+    policy = Policy.model_validate({
+        "strategy": {"kind": "gated_cd", "steps": 3,
+                     "probe": {"path": str(probe_file), "threshold": 0.5}},
+        "sampling": {"max_new_tokens": 3},
+    })
+    plain = Policy.model_validate({"strategy": {"kind": "plain"}, "sampling": {"max_new_tokens": 3}})
+    bad = [{"role": "user", "content": HARMFUL}]
+    req = tf_engine.request(policy, bad)
+    assert len(req.prompts) == 1 and req.rule.harm > 0.5  # type: ignore[attr-defined]
+    g = tf_engine.generate(policy, bad)
+    assert g.token_ids == tf_engine.generate(plain, bad).token_ids
+    assert all(s["mode"] == "plain" and s["harm"] > 0.5 for s in g.steps)
+    good = [{"role": "user", "content": "How do I bake bread?"}]
+    req = tf_engine.request(policy, good)
+    assert len(req.prompts) == 2 and req.rule.harm < 0.5  # type: ignore[attr-defined]
+    assert all(s["harm"] < 0.5 for s in tf_engine.generate(policy, good).steps)
+
+
+def test_probe_gate_missing_file_is_named(tf_engine: Engine, tmp_path: Path) -> None:
+    policy = Policy.model_validate({
+        "strategy": {"kind": "gated_cd", "probe": {"path": str(tmp_path / "nope.safetensors")}},
+    })
+    with pytest.raises(RouterFileError, match="nope.safetensors"):
+        tf_engine.request(policy, [{"role": "user", "content": "hi"}])
+
+
+def test_auto_probe_trains_once_per_model_and_is_cached(
+    llama_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`probe: {path: auto}` trains on the shipped calibration prompts (never the evaluation
+    third of XSTest) on first use, then reads the cached file."""
+    from guardrail.experts import probe as probe_mod
+
+    monkeypatch.setenv("GUARDRAIL_CACHE", str(tmp_path))
+    prompts, harmful = probe_mod.calibration_prompts()
+    assert len(prompts) == 300 and sum(harmful) == 133
+    shipped = list(csv.DictReader(open(probe_mod.resources.files("guardrail.data")
+                                       .joinpath("xstest_prompts.csv"), encoding="utf-8")))
+    assert not {r["prompt"] for i, r in enumerate(shipped) if i % 3 == 0} & set(prompts)
+    b = llama_engine.backend
+    path = probe_mod.auto_probe_path(b)
+    assert path.parent == tmp_path / "probes" and path.is_file()
+    stamp = path.stat().st_mtime_ns
+    bad = [{"role": "user", "content": HARMFUL}]
+    good = [{"role": "user", "content": "How do I bake bread?"}]
+    assert probe_mod.prompt_harm("auto", b, bad) > 0.5 > probe_mod.prompt_harm("auto", b, good)
+    assert path.stat().st_mtime_ns == stamp  # not trained again
+    assert load_router(path).metadata["model"] == b.model_name

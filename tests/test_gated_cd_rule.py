@@ -132,3 +132,44 @@ def test_safety_stream_differs_from_the_plain_stream_by_the_instruction_alone() 
     deployed = [{"role": "system", "content": "Be brief."}, *user]  # a deployment prompt stays
     first = contrast_messages(deployed, "Refuse!", "You are Qwen.")[0]
     assert first["content"] == "Be brief.\n\nRefuse!"
+
+
+def test_probe_harmless_undoes_even_a_confirmed_refusal() -> None:
+    """With a probe, the switch no longer keeps refusals of prompts the probe finds harmless."""
+    z_o = logits((0, 6.0), (1, 2.0))
+    z_s = logits((0, 6.5), (1, 2.0))  # AdaCD's switch would confirm this refusal
+    assert run(z_o, z_s)[1]["mode"] == "refuse"
+    final, info = run(z_o, z_s, confirm=False)  # type: ignore[arg-type]
+    assert info["mode"] == "comply"
+    want = z_s - 4.5 * (z_s - z_o)
+    want[0] = -np.inf  # refusal starts are banned for a harmless prompt
+    np.testing.assert_allclose(final, want, rtol=1e-6)
+    assert int(np.argmax(final)) == 1
+    rule = GatedCDRule(REFUSE, beta=0.0, steps=3, harm=0.2, threshold=0.5)
+    assert not rule.harmful and rule.n_streams == 2
+    z, step_info = rule.combine(np.stack([z_o, z_s]), 0)
+    assert step_info is not None and step_info["mode"] == "comply" and step_info["harm"] == 0.2
+    np.testing.assert_array_equal(z, final)
+
+
+def test_probe_harmless_ban_never_leaves_only_minus_infinity() -> None:
+    """A refusal so sure that the plausibility mask keeps only it: the ban still picks the best
+    non-refusal token (the mask is dropped for that step)."""
+    z_o = logits((0, 20.0), (1, 2.0), (2, 1.0))
+    z_s = logits((0, 21.0), (1, 1.0), (2, 1.5))
+    final, info = gated_cd_logits(z_o, z_s, refusal_ids=REFUSE, alpha=4.5, lam=0.9, beta=0.01,
+                                  confirm=False)
+    assert info["mode"] == "comply" and np.isfinite(final).any()
+    assert final[0] == -np.inf and int(np.argmax(final)) == 1
+
+
+def test_probe_harmful_decodes_plainly_from_one_stream() -> None:
+    z_o = logits((1, 3.0), (0, 2.9))
+    rule = GatedCDRule(REFUSE, steps=3, harm=0.5, threshold=0.5)  # harm >= τ: harmful
+    assert rule.harmful and rule.n_streams == 1 and rule.streams_needed(0) == 1
+    z, info = rule.combine(z_o[None], 0)
+    np.testing.assert_array_equal(z, z_o)
+    assert info == {"mode": "plain", "harm": 0.5}
+    assert rule.combine(z_o[None], 3)[1] is None  # after K: nothing recorded
+    with pytest.raises(ConfigError, match="threshold"):
+        GatedCDRule(REFUSE, threshold=1.5)

@@ -33,6 +33,14 @@ def test_grid_policies_one_per_setting_and_invalid_values_rejected() -> None:
         grid_policies("adacd", [("alpha", [-1])], threads=None)
 
 
+def test_grid_over_a_nested_parameter() -> None:
+    pols = grid_policies("balanced", [("probe.threshold", [0.3, 0.7])], threads=None)
+    assert [p.strategy.probe.threshold for p in pols] == [0.3, 0.7]  # type: ignore[union-attr]
+    assert all(p.strategy.probe.path == "auto" for p in pols)  # type: ignore[union-attr]
+    with pytest.raises(Exception, match="probe"):
+        grid_policies("balanced", [("probe.threshold", [2])], threads=None)
+
+
 @pytest.mark.llamacpp
 def test_tune_sweeps_a_tiny_grid_on_the_embedded_model(  # type: ignore[no-untyped-def]
     llama_engine, tmp_path: Path

@@ -27,6 +27,11 @@ def train(
                               "sampled with --seed, both classes kept."),
     heldout: float = typer.Option(0.25, "--heldout", help="Fraction held out for accuracy."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split and the sampling."),
+    backend: str = typer.Option(
+        "transformers", "--backend", help="llamacpp or transformers (the probe file serves both)."
+    ),
+    l2: float = typer.Option(1e-2, "--l2", min=0, help="L2 penalty of the logistic regression."),
+    threads: int = typer.Option(None, "--threads", help="llama.cpp threads (default: its own)."),
 ) -> None:
     """Train the probe (harmful → safety expert, harmless → helpfulness expert) on CPU."""
     from guardrail.engine import get_engine
@@ -40,8 +45,10 @@ def train(
         if limit and limit < len(prompts):
             idx = sorted(random.Random(seed).sample(range(len(prompts)), limit))
             prompts, harmful = [prompts[i] for i in idx], [harmful[i] for i in idx]
-        engine = get_engine(ModelConfig(backend="transformers", path=model))
-        probe, report = train_probe(engine.backend, prompts, harmful, heldout=heldout, seed=seed)
+        engine = get_engine(ModelConfig(backend=backend, path=model, n_threads=threads))
+        probe, report = train_probe(
+            engine.backend, prompts, harmful, heldout=heldout, seed=seed, l2=l2
+        )
         path = save_router(probe, out)
     except GuardrailError as e:
         typer.echo(f"error: {e}", err=True)
@@ -49,7 +56,7 @@ def train(
     card = {
         "router": path.name, "kind": "probe", "model": engine.backend.model_name,
         "model_path": model, "data": str(data), "data_sha256": sha256_file(data),
-        "rows": len(prompts), "seed": seed, **report.as_dict(),
+        "backend": backend, "rows": len(prompts), "seed": seed, "l2": l2, **report.as_dict(),
     }
     card_path = path.with_suffix(".json")
     card_path.write_text(json.dumps(card, indent=2) + "\n")

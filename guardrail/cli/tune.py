@@ -47,7 +47,14 @@ def grid_policies(base: Any, params: list[tuple[str, list[Any]]], threads: int |
     for values in itertools.product(*(v for _, v in params)):
         setting = dict(zip(names, values))
         label = ",".join(f"{k}={v}" for k, v in setting.items())
-        over: dict[str, Any] = {"name": f"{policy.name}[{label}]", "strategy": setting}
+        strategy: dict[str, Any] = {}
+        for dotted, value in setting.items():  # probe.threshold=0.3 -> {"probe": {"threshold"}}
+            *parents, leaf = dotted.split(".")
+            node = strategy
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[leaf] = value
+        over: dict[str, Any] = {"name": f"{policy.name}[{label}]", "strategy": strategy}
         if threads is not None:
             over["model"] = {"n_threads": threads}
         out.append(with_overrides(policy, over, source=f"--param {label}"))
@@ -81,7 +88,8 @@ def plot_tradeoff(rows: list[tuple[str, float | None, float | None]], path: Path
 def tune(
     policy: str = typer.Option(..., "--policy", "-p", help="Base policy name or YAML path."),
     param: list[str] = typer.Option(
-        ..., "--param", help="Strategy parameter and values, NAME=V1,V2,...; repeat for a grid."
+        ..., "--param", help="Strategy parameter and values, NAME=V1,V2,... (nested: probe.threshold=0.3,0.5); "
+        "repeat for a grid."
     ),
     data: str = typer.Option(..., help="Labelled prompt file (CSV/JSONL with prompt, label)."),
     out: Path = typer.Option(..., help="Run directory (results, summary, tradeoff.png)."),

@@ -14,6 +14,11 @@ instruction alone (the template's default system prompt stays in both). For the 
 
 So an answer differs from plain decoding only where the plain model starts a refusal that the
 safety instruction, not the request, makes it sure of. After K tokens O is decoded alone.
+
+With a prompt probe (``harm`` = P(harmful) of the request, MidPO's router signal read from the
+model's hidden state of the prompt, see ``guardrail/experts/probe.py``) the probe replaces the
+switch: a prompt it finds harmful (``harm >= τ``) is decoded plainly from one stream, so the
+model's own refusals stand; in a prompt it finds harmless every refusal start is undone.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ def gated_cd_logits(
     alpha: float,
     lam: float,
     beta: float,
+    confirm: bool = True,
 ) -> tuple[NDArray[np.float32], StepInfo]:
     """One refusal-gated step: final logits and the step's decision (module docstring).
 
@@ -48,6 +54,10 @@ def gated_cd_logits(
         alpha: contrast strength α of the comply contrast.
         lam: agreement threshold λ, also the confidence factor (AdaCD's switch).
         beta: plausibility cut-off β.
+        confirm: whether AdaCD's switch may keep a refusal. False: a probe found the prompt
+            harmless, so every refusal start is undone and, since the contrast alone cannot
+            undo a refusal both streams are sure of, refusal starts are also banned from ẑ (if
+            the plausibility mask leaves nothing else, the mask is dropped for that step).
 
     Returns:
         ``(ẑ, info)``; info ``mode`` is "plain" (O does not refuse), "refuse" (refusal kept,
@@ -58,9 +68,15 @@ def gated_cd_logits(
     info: StepInfo = {"agreement": sig.agreement, "p_plain": sig.conf_o, "p_safety": sig.conf_s}
     if int(np.argmax(z_o)) not in refusal_ids:
         return np.asarray(z_o, dtype=np.float32), {"mode": "plain", **info}
-    if sig.refuse(lam):
+    if confirm and sig.refuse(lam):
         return np.asarray(z_o, dtype=np.float32), {"mode": "refuse", **info}
     final = contrast(z_o, z_s, sig.p_o, alpha=alpha, towards_safety=False, beta=beta)
+    if not confirm:
+        banned = np.fromiter(refusal_ids, dtype=np.intp)
+        final[banned] = -np.inf
+        if not np.isfinite(final).any():
+            final = contrast(z_o, z_s, sig.p_o, alpha=alpha, towards_safety=False, beta=0.0)
+            final[banned] = -np.inf
     return final, {"mode": "comply", **info}
 
 
@@ -96,19 +112,39 @@ class GatedCDRule(TwoStreamsForKSteps):
     lam: float = 0.9
     beta: float = 0.01
     steps: int = 10
+    harm: float | None = None  # the probe's P(harmful) for this request; None = no probe
+    threshold: float = 0.5  # τ: harm >= τ means harmful
     name: str = "gated_cd"
 
     def __post_init__(self) -> None:
         validate_adacd_params(self.alpha, self.lam, self.beta, self.steps)
         if self.steps > 0 and not self.refusal_ids:
             raise ConfigError("gated_cd: refusal_ids is empty (no refusal-start tokens)")
+        if not 0 <= self.threshold <= 1:
+            raise ConfigError(f"gated_cd: threshold must be in [0, 1], got {self.threshold}")
+
+    @property
+    def harmful(self) -> bool:
+        """The probe found the prompt harmful: decode it plainly, one stream."""
+        return self.harm is not None and self.harm >= self.threshold
+
+    @property
+    def n_streams(self) -> int:
+        return 1 if self.harmful else super().n_streams
+
+    def streams_needed(self, step: int) -> int:
+        return 1 if self.harmful else super().streams_needed(step)
 
     def combine(
         self, logits: NDArray[np.float32], step: int
     ) -> tuple[NDArray[np.float32], StepInfo | None]:
         if step >= self.steps:
             return logits[0], None
-        return gated_cd_logits(
+        probe = {} if self.harm is None else {"harm": self.harm}
+        if self.harmful:
+            return logits[0], {"mode": "plain", **probe}
+        z, info = gated_cd_logits(
             logits[0], logits[1], refusal_ids=self.refusal_ids,
-            alpha=self.alpha, lam=self.lam, beta=self.beta,
+            alpha=self.alpha, lam=self.lam, beta=self.beta, confirm=self.harm is None,
         )
+        return z, {**info, **probe}

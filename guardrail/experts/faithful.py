@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,6 +213,11 @@ class FaithfulRule:
 
     def streams_needed(self, step: int) -> int:
         return 1
+
+    def attached(self) -> AbstractContextManager[ExpertMix]:
+        """The model runs as the mix while this context is open; the engine decodes a request
+        with this rule alone inside it (the hooks act on every row of a batch)."""
+        return self.mix.attached()
 
 
 def load_mix(

@@ -5,6 +5,7 @@ Imports no torch unless a probe router is used, so the portable mode runs on lla
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,15 +26,53 @@ from guardrail.policy.strategies import (
 )
 
 
-def _faithful_not_wired(s: ExpertsStrategy) -> None:
+def is_faithful(s: ExpertsStrategy) -> bool:
+    """Both experts are LoRA adapters (faithful mode); both prompts is portable mode."""
     kinds = {s.safety.kind, s.helpfulness.kind}
+    if kinds == {"lora"}:
+        return True
     if "lora" in kinds:
-        raise NotImplementedError(
-            "strategy experts with lora experts (faithful mode) is not wired into policies yet: "
-            "use guardrail.experts.load_mix(model, safety, helpfulness, router) with "
-            "FaithfulRule from Python (docs/experts.md); LoRA-per-sequence experts on llama.cpp "
-            "are not implemented"
+        raise ConfigError(
+            "strategy.safety / strategy.helpfulness: both experts must be prompt experts "
+            f"(portable mode) or both lora adapters (faithful mode), got {s.safety.kind!r} and "
+            f"{s.helpfulness.kind!r}"
         )
+    return False
+
+
+_MIXES: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
+
+
+def faithful_rule(s: ExpertsStrategy, backend: Backend | None) -> Any:
+    """The faithful mode a policy names: the backend's model with both LoRA experts and the
+    router hooked into every down-projection (loaded once per model and files)."""
+    if backend is None or backend.name != "transformers":
+        name = backend.name if backend else None
+        raise NotImplementedError(
+            f"LoRA experts (faithful mode) need the transformers backend, got {name!r}; "
+            "LoRA-per-sequence experts on llama.cpp are not implemented"
+        )
+    if s.adacd is not None:
+        raise NotImplementedError("strategy.adacd on top of LoRA experts is not implemented")
+    r = s.router
+    if isinstance(r, FixedRouter):
+        router: Any = (r.alpha, r.beta)
+    elif isinstance(r, FileRouter):
+        router = r.path
+    else:
+        raise ConfigError(
+            "strategy.router: the agreement router mixes token streams (prompt experts); LoRA "
+            "experts take a fixed router or a per-layer router file"
+        )
+    from guardrail.experts.faithful import FaithfulRule, load_mix
+
+    assert isinstance(s.safety, LoraAdapterExpert) and isinstance(s.helpfulness, LoraAdapterExpert)
+    model = backend.model  # type: ignore[attr-defined]
+    key = (s.safety.path, s.helpfulness.path, router, s.scale)
+    cache = _MIXES.setdefault(model, {})
+    if key not in cache:
+        cache[key] = load_mix(model, s.safety.path, s.helpfulness.path, router, scale=s.scale)
+    return FaithfulRule(cache[key])
 
 
 @dataclass(frozen=True)
@@ -52,9 +91,10 @@ class UnboundProbe:
         )
 
 
-def experts_rule(s: ExpertsStrategy) -> ExpertsRule:
-    """The portable rule a policy's experts strategy names."""
-    _faithful_not_wired(s)
+def experts_rule(s: ExpertsStrategy, backend: Backend | None = None) -> Any:
+    """The rule a policy's experts strategy names: faithful (LoRA experts) or portable."""
+    if is_faithful(s):
+        return faithful_rule(s, backend)
     r = s.router
     router: Any
     if isinstance(r, FixedRouter):
@@ -78,9 +118,11 @@ def _with_prompt(messages: list[dict[str, Any]], prompt: str | None, system_role
 def expert_conversations(
     s: ExpertsStrategy, plain: Sequence[Message], *, system_role: bool
 ) -> list[list[dict[str, Any]]]:
-    """Each stream's messages: safety expert, helpfulness expert, then AdaCD's safety stream."""
-    _faithful_not_wired(s)
+    """Each stream's messages: safety expert, helpfulness expert, then AdaCD's safety stream
+    (faithful mode: the conversation alone, the experts live inside the model)."""
     base = [dict(m) for m in plain]
+    if is_faithful(s):
+        return [base]
     out = []
     for e in (s.safety, s.helpfulness):
         assert isinstance(e, PromptExpert) and not isinstance(e, LoraAdapterExpert)
@@ -94,14 +136,7 @@ def bind_prompt_router(rule: Any, backend: Backend, plain: Sequence[Message]) ->
     """Replace an unbound probe by its weights for this conversation; other rules pass through."""
     if not isinstance(rule, ExpertsRule) or not isinstance(rule.router, UnboundProbe):
         return rule
-    from guardrail.experts.probe import probe_weights
-    from guardrail.experts.router_file import ProbeWeights, load_router
-    from guardrail.experts.errors import RouterFileError
+    from guardrail.experts.probe import load_probe, probe_weights
 
-    probe = load_router(rule.router.path)
-    if not isinstance(probe, ProbeWeights):
-        raise RouterFileError(
-            f"router file {rule.router.path!r} is a per-layer {probe.kind} router (faithful "
-            "mode); prompt experts need a probe router (`guardrail router train`)"
-        )
+    probe = load_probe(rule.router.path)
     return replace(rule, router=probe_weights(probe, backend, plain))

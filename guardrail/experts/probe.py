@@ -1,21 +1,32 @@
 """The probe router: logistic regression on the base model's hidden state of the prompt.
 
-Feature: the last layer's hidden state at the prompt's last token (the conversation rendered
-with the model's chat template, generation prompt included). ``P(harmful) = σ(wᵀh + b)`` gives
-the portable router's weights for the whole answer: ``α = P(harmful)``, ``β = 1 − α``.
+Feature: the model's final hidden state (after its last norm) at the prompt's last token (the
+conversation rendered with the model's chat template, generation prompt included).
+``P(harmful) = σ(wᵀh + b)`` gives the portable router's weights for the whole answer
+(``α = P(harmful)``, ``β = 1 − α``) and gated_cd's harmful/harmless decision.
 
-Training: standardised features, L2-regularised logistic regression fitted with L-BFGS, the
-standardisation folded back into (w, b) so the saved probe reads raw hidden states.
+Training: standardised features, L2-regularised logistic regression fitted by Newton's method,
+the standardisation folded back into (w, b) so the saved probe reads raw hidden states. numpy
+only: a probe works on a llama.cpp-only install.
 """
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
+import logging
+import os
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
+from numpy.typing import NDArray
 
 from guardrail.adapters.base import Backend, Message
 from guardrail.decoding.experts import FixedWeights
@@ -23,34 +34,95 @@ from guardrail.errors import ConfigError
 from guardrail.experts.router_file import ProbeWeights
 
 FEATURE = "last_layer_last_prompt_token"
+AUTO = "auto"
+log = logging.getLogger("guardrail")
 
 
-def prompt_features(backend: Backend, conversations: Sequence[Sequence[Message]]) -> torch.Tensor:
-    """``[n, d]`` hidden states (last layer, last prompt token) of each conversation."""
-    model = getattr(backend, "model", None)
-    if backend.name != "transformers" or model is None:
-        raise NotImplementedError(
-            f"the probe router needs the model's hidden states, which only the transformers "
-            f"backend exposes here; backend {backend.name!r} is not supported yet"
-        )
-    dev = next(model.parameters()).device
-    rows = []
-    with torch.inference_mode():
-        for conv in conversations:
-            ids = torch.tensor([backend.encode_chat(conv)], device=dev)
-            out = model(input_ids=ids, output_hidden_states=True, logits_to_keep=1)
-            rows.append(out.hidden_states[-1][0, -1].float().cpu())
-    return torch.stack(rows)
+def prompt_features(
+    backend: Backend, conversations: Sequence[Sequence[Message]], *, progress: bool = False
+) -> NDArray[np.float32]:
+    """``[n, d]`` hidden states (last layer, last prompt token) of each conversation, from any
+    backend that exposes them (transformers and llama.cpp do)."""
+    from tqdm.auto import tqdm
+
+    convs = tqdm(conversations, desc="prompt features", unit="prompt", disable=not progress)
+    return np.stack([backend.prompt_hidden_state(backend.encode_chat(c)) for c in convs])
 
 
-def probe_harm(probe: ProbeWeights, features: torch.Tensor) -> torch.Tensor:
+def _sigmoid(x: NDArray[np.floating]) -> NDArray[np.float64]:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))
+
+
+def probe_harm(probe: ProbeWeights, features: NDArray[np.floating]) -> NDArray[np.float64]:
     """``P(harmful) = σ(wᵀh + b)`` for features ``[n, d]``."""
-    if features.shape[-1] != probe.hidden:
+    x = np.asarray(features, dtype=np.float64)
+    if x.shape[-1] != probe.hidden:
         raise ConfigError(
             f"probe expects hidden states of width {probe.hidden}, the model gives "
-            f"{features.shape[-1]} (probe trained on another model?)"
+            f"{x.shape[-1]} (probe trained on another model?)"
         )
-    return torch.sigmoid(features.float() @ probe.weight.float() + probe.bias.float())
+    return _sigmoid(x @ probe.weight.astype(np.float64) + probe.bias)
+
+
+_PROBES: dict[tuple[str, float], ProbeWeights] = {}
+
+
+def load_probe(path: str | Path) -> ProbeWeights:
+    """A probe router file, cached while the file is unchanged."""
+    from guardrail.experts.errors import RouterFileError
+    from guardrail.experts.router_file import load_router
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise RouterFileError(f"probe: no such router file: {str(p)!r}")
+    key = (str(p.resolve()), p.stat().st_mtime)
+    if key not in _PROBES:
+        probe = load_router(p)
+        if not isinstance(probe, ProbeWeights):
+            raise RouterFileError(
+                f"router file {str(p)!r} is a per-layer {probe.kind} router (faithful mode); a "
+                "prompt probe is needed here (`guardrail router train`)"
+            )
+        _PROBES[key] = probe
+    return _PROBES[key]
+
+
+def calibration_prompts() -> tuple[list[str], list[bool]]:
+    """The prompts an ``auto`` probe is trained on: the shipped XSTest prompts whose row index
+    is not a multiple of 3 (300 of 450; rows 0, 3, 6, ... are left for evaluation)."""
+    raw = resources.files("guardrail.data").joinpath("xstest_prompts.csv").read_text("utf-8")
+    rows = [r for i, r in enumerate(csv.DictReader(io.StringIO(raw))) if i % 3 != 0]
+    return [r["prompt"] for r in rows], [r["label"] == "unsafe" for r in rows]
+
+
+def cache_dir() -> Path:
+    """Where ``auto`` probes are kept: ``$GUARDRAIL_CACHE`` or ``~/.cache/guardrail``."""
+    return Path(os.environ.get("GUARDRAIL_CACHE") or "~/.cache/guardrail").expanduser() / "probes"
+
+
+def auto_probe_path(backend: Backend, *, l2: float = 0.1) -> Path:
+    """This model's ``auto`` probe: trained once on :func:`calibration_prompts`, then cached."""
+    prompts, harmful = calibration_prompts()
+    digest = hashlib.sha256(repr((prompts, harmful, l2, FEATURE)).encode()).hexdigest()[:10]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", backend.model_name)
+    path = cache_dir() / f"{stem}-v{backend.vocab_size}-{digest}.safetensors"
+    if not path.is_file():
+        from guardrail.experts.router_file import save_router
+
+        log.warning("training the auto probe for %s on %d calibration prompts (once; cached in %s)",
+                    backend.model_name, len(prompts), path)
+        probe, _ = train_probe(backend, prompts, harmful, heldout=0.0, l2=l2)
+        tmp = save_router(probe, path.with_suffix(".tmp"), calibration="xstest rows i % 3 != 0")
+        tmp.replace(path)
+    return path
+
+
+def prompt_harm(path: str | Path, backend: Backend, messages: Sequence[Message]) -> float:
+    """P(harmful) of one conversation under the probe in ``path`` (``auto``: this model's
+    calibrated probe, see :func:`auto_probe_path`)."""
+    if str(path) == AUTO:
+        path = auto_probe_path(backend)
+    return float(probe_harm(load_probe(path), prompt_features(backend, [messages]))[0])
 
 
 def probe_weights(probe: ProbeWeights, backend: Backend, messages: Sequence[Message]) -> FixedWeights:
@@ -59,26 +131,29 @@ def probe_weights(probe: ProbeWeights, backend: Backend, messages: Sequence[Mess
     return FixedWeights(p, 1.0 - p, name="probe")
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, *, l2: float = 1e-2,
-                 iters: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-regularised logistic regression on ``x [n, d]``, ``y [n]`` in {0, 1}; raw-space (w, b)."""
-    x, y = x.double(), y.double()
-    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
-    z = (x - mu) / sd
-    w = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=iters, line_search_fn="strong_wolfe")
+def fit_logistic(x: NDArray[np.floating], y: NDArray[np.floating], *, l2: float = 1e-2,
+                 iters: int = 50) -> tuple[NDArray[np.float32], float]:
+    """L2-regularised logistic regression on ``x [n, d]``, ``y [n]`` in {0, 1}; raw-space (w, b).
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y)
-        loss = loss + l2 * (w @ w)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    w_raw = (w / sd).detach()
-    return w_raw.float(), (b - (w_raw * mu).sum()).detach().float()
+    Minimises mean binary cross-entropy + ``l2 · |w|²`` (bias unpenalised) on standardised
+    features with Newton's method."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    mu, sd = x.mean(0), np.maximum(x.std(0, ddof=1) if len(x) > 1 else x.std(0), 1e-6)
+    z = np.hstack([(x - mu) / sd, np.ones((len(x), 1))])
+    n, d1 = z.shape
+    reg = np.full(d1, 2.0 * l2)
+    reg[-1] = 1e-9  # bias: no penalty (a tiny ridge keeps the Hessian invertible)
+    theta = np.zeros(d1)
+    for _ in range(iters):
+        p = _sigmoid(z @ theta)
+        grad = z.T @ (p - y) / n + reg * theta
+        hess = (z.T * (p * (1 - p))) @ z / n + np.diag(reg)
+        step = np.linalg.solve(hess, grad)
+        theta -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    w_raw = theta[:-1] / sd
+    return w_raw.astype(np.float32), float(theta[-1] - (w_raw * mu).sum())
 
 
 @dataclass
@@ -111,8 +186,8 @@ def train_probe(
         raise ConfigError(f"train_probe: {len(prompts)} prompts but {len(harmful)} labels")
     if not 0 <= heldout < 1:
         raise ConfigError(f"heldout must be in [0, 1), got {heldout}")
-    labels = [bool(h) for h in harmful]
-    if len(set(labels)) < 2:
+    labels = np.array([bool(h) for h in harmful])
+    if len(set(labels.tolist())) < 2:
         raise ConfigError("train_probe: need both harmful and harmless prompts")
     rng = random.Random(seed)
     test: list[int] = []
@@ -121,16 +196,13 @@ def train_probe(
         rng.shuffle(idx)
         test += idx[: int(round(len(idx) * heldout))]
     train = [i for i in range(len(labels)) if i not in set(test)]
-    x = prompt_features(backend, [[{"role": "user", "content": p}] for p in prompts])
-    y = torch.tensor(labels, dtype=torch.float32)
-    w, b = fit_logistic(x[train], y[train], l2=l2)
+    x = prompt_features(backend, [[{"role": "user", "content": p}] for p in prompts],
+                        progress=len(prompts) > 20)
+    w, b = fit_logistic(x[train], labels[train], l2=l2)
     probe = ProbeWeights(w, b, {"feature": FEATURE, "model": backend.model_name})
 
     def acc(ix: list[int]) -> float:
-        pred = probe_harm(probe, x[ix]) >= 0.5
-        return float((pred == y[ix].bool()).float().mean())
+        return float(np.mean((probe_harm(probe, x[ix]) >= 0.5) == labels[ix]))
 
     report = ProbeReport(len(train), len(test), acc(train), acc(test) if test else None)
     return probe, report
-
-

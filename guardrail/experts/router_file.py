@@ -20,10 +20,17 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 from guardrail.experts.errors import RouterFileError
-from guardrail.experts.routers import FoldedGates, StackedGates
+
+if TYPE_CHECKING:  # torch is needed for the per-layer routers only, not for a probe
+    import torch
+
+    from guardrail.experts.routers import FoldedGates, StackedGates
 
 FORMAT = "guardrail-router"
 VERSION = "1"
@@ -32,10 +39,10 @@ KINDS = ("folded", "stacked", "probe")
 
 @dataclass
 class ProbeWeights:
-    """Logistic-regression probe: ``P(harmful) = σ(weight·h + bias)``."""
+    """Logistic-regression probe: ``P(harmful) = σ(weight·h + bias)`` (numpy: no torch needed)."""
 
-    weight: torch.Tensor
-    bias: torch.Tensor
+    weight: NDArray[np.float32]
+    bias: float
     metadata: dict[str, str] = field(default_factory=dict)
     kind: str = "probe"
 
@@ -44,12 +51,27 @@ class ProbeWeights:
         return int(self.weight.shape[0])
 
 
-RouterFile = FoldedGates | StackedGates | ProbeWeights
+def _save_probe(router: ProbeWeights, path: str | Path, **metadata: str) -> Path:
+    from safetensors.numpy import save_file
+
+    meta = {**router.metadata, **metadata, "format": FORMAT, "version": VERSION, "kind": "probe",
+            "hidden": str(router.hidden)}
+    t = {"probe.weight": np.ascontiguousarray(router.weight, dtype=np.float32).reshape(-1),
+         "probe.bias": np.array([router.bias], dtype=np.float32)}
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(t, str(out), meta)
+    return out
 
 
-def save_router(router: RouterFile, path: str | Path, **metadata: str) -> Path:
+def save_router(router: Any, path: str | Path, **metadata: str) -> Path:
     """Write ``router`` to ``path`` (safetensors) with the layout above; returns the path."""
+    if isinstance(router, ProbeWeights):
+        return _save_probe(router, path, **metadata)
+    import torch
     from safetensors.torch import save_file
+
+    from guardrail.experts.routers import FoldedGates, StackedGates
 
     t: dict[str, torch.Tensor] = {}
     if isinstance(router, FoldedGates):
@@ -61,10 +83,6 @@ def save_router(router: RouterFile, path: str | Path, **metadata: str) -> Path:
             for e, tensors in zip(("alpha", "beta"), pair):
                 for k, x in enumerate(tensors):
                     t[f"layers.{i}.{e}.{k // 2}.{'weight' if k % 2 == 0 else 'bias'}"] = x
-    elif isinstance(router, ProbeWeights):
-        t["probe.weight"] = router.weight.reshape(-1)
-        t["probe.bias"] = router.bias.reshape(1)
-        metadata = {**router.metadata, **metadata}
     else:
         raise TypeError(f"save_router: not a router: {type(router).__name__}")
     meta = {"format": FORMAT, "version": VERSION, "kind": router.kind,
@@ -75,13 +93,17 @@ def save_router(router: RouterFile, path: str | Path, **metadata: str) -> Path:
     return out
 
 
-def _need(t: dict[str, torch.Tensor], key: str, where: str) -> torch.Tensor:
+def _need(t: dict[str, Any], key: str, where: str) -> Any:
     if key not in t:
         raise RouterFileError(f"{where}: missing tensor {key!r} (see docs/experts.md, key layout)")
     return t[key]
 
 
 def _load_folded(t: dict[str, torch.Tensor], where: str) -> FoldedGates:
+    import torch
+
+    from guardrail.experts.routers import FoldedGates
+
     wa, ba = _need(t, "alpha.weight", where), _need(t, "alpha.bias", where)
     wb, bb = _need(t, "beta.weight", where), _need(t, "beta.bias", where)
     if wa.ndim != 2 or wa.shape != wb.shape or ba.shape != (wa.shape[0],) or bb.shape != ba.shape:
@@ -93,6 +115,8 @@ def _load_folded(t: dict[str, torch.Tensor], where: str) -> FoldedGates:
 
 
 def _load_stacked(t: dict[str, torch.Tensor], where: str) -> StackedGates:
+    from guardrail.experts.routers import StackedGates
+
     idx = sorted({int(m.group(1)) for k in t if (m := re.match(r"layers\.(\d+)\.", k))})
     if not idx or idx != list(range(len(idx))):
         raise RouterFileError(f"{where}: stacked router needs layers.0 .. layers.{{L-1}}, got {idx}")
@@ -116,20 +140,27 @@ def _load_stacked(t: dict[str, torch.Tensor], where: str) -> StackedGates:
     return StackedGates(layers)
 
 
-def load_router(path: str | Path) -> RouterFile:
-    """Read a router file; every problem is a :class:`RouterFileError` naming the file."""
+def _read(p: Path, where: str, framework: str) -> tuple[dict[str, str], dict[str, Any]]:
     from safetensors import SafetensorError, safe_open
 
-    p = Path(path).expanduser()
-    where = f"router file {str(p)!r}"
-    if not p.is_file():
-        raise RouterFileError(f"{where}: no such file")
     try:
-        with safe_open(str(p), framework="pt") as f:
+        with safe_open(str(p), framework=framework) as f:
             meta = dict(f.metadata() or {})
             t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open API
     except (SafetensorError, OSError, ValueError) as e:
         raise RouterFileError(f"{where}: not a readable safetensors file ({e})") from e
+    return meta, t
+
+
+def load_router(path: str | Path) -> Any:
+    """Read a router file; every problem is a :class:`RouterFileError` naming the file.
+
+    A probe is read with numpy; the per-layer routers (faithful mode) need torch."""
+    p = Path(path).expanduser()
+    where = f"router file {str(p)!r}"
+    if not p.is_file():
+        raise RouterFileError(f"{where}: no such file")
+    meta, t = _read(p, where, "np")
     if meta.get("format") != FORMAT:
         raise RouterFileError(
             f"{where}: metadata format must be {FORMAT!r}, got {meta.get('format')!r} "
@@ -138,13 +169,12 @@ def load_router(path: str | Path) -> RouterFile:
     if meta.get("version") != VERSION:
         raise RouterFileError(f"{where}: version {meta.get('version')!r} is not supported ({VERSION})")
     kind = meta.get("kind")
-    if kind == "folded":
-        return _load_folded(t, where)
-    if kind == "stacked":
-        return _load_stacked(t, where)
     if kind == "probe":
         w, b = _need(t, "probe.weight", where), _need(t, "probe.bias", where)
-        if w.ndim != 1 or b.numel() != 1:
+        if w.ndim != 1 or b.size != 1:
             raise RouterFileError(f"{where}: probe.weight must be [d] and probe.bias [1]")
-        return ProbeWeights(w, b.reshape(()), meta)
+        return ProbeWeights(w.astype(np.float32), float(b.reshape(())), meta)
+    if kind in ("folded", "stacked"):
+        _, t = _read(p, where, "pt")
+        return _load_folded(t, where) if kind == "folded" else _load_stacked(t, where)
     raise RouterFileError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")

@@ -16,10 +16,9 @@ class PlainStrategy(Strict):
     kind: Literal["plain"] = "plain"
 
 
-class AdaCDStrategy(Strict):
-    """AdaCD, adaptive contrastive decoding (paper defaults)."""
+class _ContrastParams(Strict):
+    """Parameters shared by the contrastive strategies (AdaCD's, docs/papers.md §1.3)."""
 
-    kind: Literal["adacd"] = "adacd"
     safety_prompt: str = Field(
         DEFAULT_SAFETY_PROMPT,
         min_length=1,
@@ -37,39 +36,48 @@ class AdaCDStrategy(Strict):
     steps: int = Field(10, ge=0, description="K, number of generated tokens under contrast.")
 
 
+class AdaCDStrategy(_ContrastParams):
+    """AdaCD, adaptive contrastive decoding (paper defaults)."""
+
+    kind: Literal["adacd"] = "adacd"
+
+
 DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
     "I'm sorry", "I am sorry", "Sorry", "I apologize", "I cannot", "I can't", "I'm unable",
     "I am unable", "As an AI", "Unfortunately", "No,",
 )
 
 
-class GatedCDStrategy(Strict):
+class ProbeGate(Strict):
+    """A prompt probe that tells harmful from harmless requests (``guardrail router train``)."""
+
+    path: str = Field(
+        min_length=1,
+        description="Probe router file (safetensors) trained on this model, or `auto`: train one "
+        "on first use from the shipped calibration prompts (XSTest rows i % 3 != 0) and cache it.",
+    )
+    threshold: float = Field(
+        0.5, ge=0, le=1, description="τ: P(harmful) >= τ keeps the model's own answer."
+    )
+
+
+class GatedCDStrategy(_ContrastParams):
     """Refusal-gated contrastive decoding: AdaCD's comply contrast only where the plain stream
-    starts a refusal that AdaCD's switch does not confirm; plain decoding otherwise. The safety
-    stream keeps the template's default (or the deployment) system prompt and adds the safety
-    prompt to it (docs/overrefusal_study.md)."""
+    starts a refusal that AdaCD's switch (or a prompt probe) does not confirm; plain decoding
+    otherwise. The safety stream keeps the template's default (or the deployment) system prompt
+    and adds the safety prompt to it (docs/overrefusal_study.md)."""
 
     kind: Literal["gated_cd"] = "gated_cd"
-    safety_prompt: str = Field(
-        DEFAULT_SAFETY_PROMPT,
-        min_length=1,
-        description="Safety instruction added to the contrast stream's system message.",
-    )
     refusal_phrases: list[str] = Field(
         default_factory=lambda: list(DEFAULT_REFUSAL_PHRASES),
         min_length=1,
         description="Phrases whose first token marks the plain stream as starting a refusal.",
     )
-    alpha: float = Field(4.5, ge=0, description="α, strength of the comply contrast.")
-    lam: float = Field(
-        0.9,
-        gt=0,
-        le=1,
-        validation_alias=AliasChoices("lam", "lambda"),
-        description="λ, agreement threshold and confidence factor that keep a refusal.",
+    probe: ProbeGate | None = Field(
+        None,
+        description="Decide harmful vs harmless with this probe instead of AdaCD's switch: "
+        "harmful prompts are decoded plainly, refusals of harmless ones are undone.",
     )
-    beta: float = Field(0.01, ge=0, lt=1, description="β, plausibility cut-off.")
-    steps: int = Field(10, ge=0, description="K, number of generated tokens under the rule.")
 
 
 class PromptExpert(Strict):
@@ -143,5 +151,6 @@ Strategy = Annotated[
 
 
 __all__ = [
-    "AdaCDStrategy", "ExpertsStrategy", "GatedCDStrategy", "PlainStrategy", "Strategy",
+    "AdaCDStrategy", "ExpertsStrategy", "GatedCDStrategy", "PlainStrategy", "ProbeGate",
+    "Strategy",
 ]
