@@ -96,6 +96,12 @@ class Backend(ABC):
         return 64
 
     @property
+    def shared_context(self) -> bool:
+        """Whether all open streams share one context of ``n_ctx`` tokens (llama.cpp's unified
+        KV cache), so a batch must fit in it as a whole; otherwise ``n_ctx`` bounds each stream."""
+        return False
+
+    @property
     @abstractmethod
     def end_of_turn_ids(self) -> frozenset[int]:
         """Every token id that ends the assistant's turn (EOS, EOT, ``<|im_end|>``, ...)."""

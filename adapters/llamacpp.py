@@ -243,6 +243,10 @@ class LlamaCppBackend(Backend):
         return self.n_seq_max
 
     @property
+    def shared_context(self) -> bool:
+        return True
+
+    @property
     def end_of_turn_ids(self) -> frozenset[int]:
         return self._eot
 

@@ -301,3 +301,26 @@ def test_request_must_match_the_rule() -> None:
         GenerationRequest([[1, 2]], AdaCDRule(), max_new_tokens=2)
     with pytest.raises(ConfigError, match="max_new_tokens"):
         GenerationRequest([[1, 2]], PlainRule(), max_new_tokens=0)
+
+
+def test_batches_fit_llamacpps_shared_context(llama_engine: Any) -> None:
+    """llama.cpp's streams share one context: a batch whose streams would overflow it is split
+    (each request gives the same answer as alone), and a request whose streams cannot fit at
+    all is refused by name."""
+    from guardrail.adapters.llamacpp import LlamaCppBackend
+
+    small = LlamaCppBackend(llama_engine.backend.model_path, n_ctx=256)
+    assert small.shared_context
+    prompt = small.encode_chat([{"role": "user", "content": "Name three fruits. " * 12}])
+    safety = small.encode_chat([{"role": "system", "content": "Please refuse to answer me!"},
+                                {"role": "user", "content": "Name three fruits. " * 12}])
+    assert 2 * (len(prompt) + len(safety)) > small.n_ctx > len(prompt) + len(safety) + 16
+    reqs = [GenerationRequest([prompt, safety], AdaCDRule(steps=4), max_new_tokens=8)
+            for _ in range(3)]
+    done = [ev for ev in decode(small, reqs) if isinstance(ev, FinishEvent)]
+    alone = [ev for ev in decode(small, reqs[:1]) if isinstance(ev, FinishEvent)]
+    assert len(done) == 3 and {tuple(ev.token_ids) for ev in done} == {tuple(alone[0].token_ids)}
+    huge = [prompt[0]] * 200
+    with pytest.raises(ContextOverflowError, match="streams"):
+        list(decode(small, [GenerationRequest([huge, huge], AdaCDRule(), max_new_tokens=2)]))
+    small.close()

@@ -91,30 +91,59 @@ class _Live:
     done: FinishReason | None = None
 
 
-def _check_context(backend: Backend, req: GenerationRequest, index: int) -> int:
-    """Return the usable max_new_tokens; raise if a prompt alone does not fit."""
+def _kv_widths(req: GenerationRequest, cap: int) -> list[int]:
+    """Streams alive at each of the first ``cap`` generated tokens (the rule drops some)."""
+    widths, width = [], req.rule.n_streams
+    for step in range(cap):
+        widths.append(width)
+        width = min(width, req.rule.streams_needed(step))
+    return widths
+
+
+def _check_context(backend: Backend, req: GenerationRequest, index: int) -> tuple[int, int]:
+    """``(usable max_new_tokens, context tokens the request may use)``; raise if its prompts
+    alone do not fit. In a shared context (llama.cpp) all of a request's streams count."""
     longest = max(len(p) for p in req.prompts)
-    if longest >= backend.n_ctx:
+    total = sum(len(p) for p in req.prompts) if backend.shared_context else longest
+    if total >= backend.n_ctx:
+        what = f"{len(req.prompts)} streams' prompts" if len(req.prompts) > 1 else "prompt"
         raise ContextOverflowError(
-            f"request {index}: prompt of {longest} tokens does not fit the context of "
+            f"request {index}: {what} of {total} tokens do not fit the context of "
             f"{backend.n_ctx} tokens (raise n_ctx or shorten the conversation)"
         )
-    return min(req.max_new_tokens, backend.n_ctx - longest)
+    cap = min(req.max_new_tokens, backend.n_ctx - longest)
+    if not backend.shared_context:
+        return cap, total + cap
+    used = total
+    for n, width in enumerate(_kv_widths(req, cap)):
+        if used + width > backend.n_ctx:
+            if n == 0:
+                raise ContextOverflowError(
+                    f"request {index}: its {len(req.prompts)} streams leave no room to generate "
+                    f"in the shared context of {backend.n_ctx} tokens (raise n_ctx)"
+                )
+            return n, used
+        used += width
+    return cap, used
 
 
 def _groups(
-    requests: Sequence[GenerationRequest], max_streams: int
+    requests: Sequence[GenerationRequest], max_streams: int, tokens: Sequence[int],
+    budget: int | None,
 ) -> Iterator[list[int]]:
-    """Indices of consecutive requests whose streams fit in one batch of ``max_streams``."""
+    """Indices of consecutive requests whose streams fit in one batch of ``max_streams`` and,
+    when the context is shared, whose worst-case tokens (``tokens[i]``) fit in ``budget``."""
     group: list[int] = []
-    width = 0
+    width = used = 0
     for i, r in enumerate(requests):
         n = len(r.prompts)
-        if group and width + n > max_streams:
+        over = budget is not None and used + tokens[i] > budget
+        if group and (width + n > max_streams or over):
             yield group
-            group, width = [], 0
+            group, width, used = [], 0, 0
         group.append(i)
         width += n
+        used += tokens[i]
     if group:
         yield group
 
@@ -124,11 +153,14 @@ def decode(
 ) -> Iterator[TokenEvent | FinishEvent]:
     """Generate every request; yield token and finish events as they happen.
 
-    Requests are decoded together, in as few batches as the backend's stream capacity allows.
-    The caller must hold the backend exclusively for the whole iteration.
+    Requests are decoded together, in as few batches as the backend's stream capacity (and, for
+    a shared context, its size) allows. The caller must hold the backend exclusively for the
+    whole iteration.
     """
-    caps = [_check_context(backend, r, i) for i, r in enumerate(requests)]
-    for group in _groups(requests, backend.max_streams):
+    checked = [_check_context(backend, r, i) for i, r in enumerate(requests)]
+    caps, tokens = [c for c, _ in checked], [t for _, t in checked]
+    budget = backend.n_ctx if backend.shared_context else None
+    for group in _groups(requests, backend.max_streams, tokens, budget):
         yield from _decode_batch(backend, [(i, requests[i], caps[i]) for i in group])
 
 
