@@ -135,21 +135,29 @@ def test_safety_stream_differs_from_the_plain_stream_by_the_instruction_alone() 
 
 
 def test_probe_harmless_undoes_even_a_confirmed_refusal() -> None:
-    """With a probe, the switch no longer keeps refusals of prompts the probe finds harmless."""
+    """With a probe, the switch no longer keeps refusals of prompts the probe finds harmless;
+    where the probe is sure (harm < ban_below) refusal starts are banned as well."""
     z_o = logits((0, 6.0), (1, 2.0))
     z_s = logits((0, 6.5), (1, 2.0))  # AdaCD's switch would confirm this refusal
     assert run(z_o, z_s)[1]["mode"] == "refuse"
+    contrast_only = z_s - 4.5 * (z_s - z_o)
     final, info = run(z_o, z_s, confirm=False)  # type: ignore[arg-type]
     assert info["mode"] == "comply"
-    want = z_s - 4.5 * (z_s - z_o)
-    want[0] = -np.inf  # refusal starts are banned for a harmless prompt
-    np.testing.assert_allclose(final, want, rtol=1e-6)
-    assert int(np.argmax(final)) == 1
-    rule = GatedCDRule(REFUSE, beta=0.0, steps=3, harm=0.2, threshold=0.5)
-    assert not rule.harmful and rule.n_streams == 2
-    z, step_info = rule.combine(np.stack([z_o, z_s]), 0)
-    assert step_info is not None and step_info["mode"] == "comply" and step_info["harm"] == 0.2
-    np.testing.assert_array_equal(z, final)
+    np.testing.assert_allclose(final, contrast_only, rtol=1e-6)
+    banned, _ = run(z_o, z_s, confirm=False, ban=True)  # type: ignore[arg-type]
+    want = contrast_only.copy()
+    want[0] = -np.inf
+    np.testing.assert_allclose(banned, want, rtol=1e-6)
+    assert int(np.argmax(banned)) == 1
+    for harm, expect in ((0.2, final), (0.01, banned)):
+        rule = GatedCDRule(REFUSE, beta=0.0, steps=3, harm=harm, threshold=0.5, ban_below=0.05)
+        assert not rule.harmful and rule.n_streams == 2
+        z, step_info = rule.combine(np.stack([z_o, z_s]), 0)
+        assert step_info is not None and step_info["mode"] == "comply"
+        assert step_info["harm"] == harm
+        np.testing.assert_array_equal(z, expect)
+    with pytest.raises(ConfigError, match="ban_below"):
+        GatedCDRule(REFUSE, threshold=0.3, ban_below=0.4)
 
 
 def test_probe_harmless_ban_never_leaves_only_minus_infinity() -> None:
@@ -158,7 +166,7 @@ def test_probe_harmless_ban_never_leaves_only_minus_infinity() -> None:
     z_o = logits((0, 20.0), (1, 2.0), (2, 1.0))
     z_s = logits((0, 21.0), (1, 1.0), (2, 1.5))
     final, info = gated_cd_logits(z_o, z_s, refusal_ids=REFUSE, alpha=4.5, lam=0.9, beta=0.01,
-                                  confirm=False)
+                                  confirm=False, ban=True)
     assert info["mode"] == "comply" and np.isfinite(final).any()
     assert final[0] == -np.inf and int(np.argmax(final)) == 1
 

@@ -39,6 +39,8 @@ def test_grid_over_a_nested_parameter() -> None:
     assert all(p.strategy.probe.path == "auto" for p in pols)  # type: ignore[union-attr]
     with pytest.raises(Exception, match="probe"):
         grid_policies("balanced", [("probe.threshold", [2])], threads=None)
+    with pytest.raises(Exception, match="ban_below"):  # below the shipped ban_below 0.05
+        grid_policies("balanced", [("probe.threshold", [0.01])], threads=None)
 
 
 @pytest.mark.llamacpp

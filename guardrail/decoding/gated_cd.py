@@ -18,7 +18,8 @@ safety instruction, not the request, makes it sure of. After K tokens O is decod
 With a prompt probe (``harm`` = P(harmful) of the request, MidPO's router signal read from the
 model's hidden state of the prompt, see ``guardrail/experts/probe.py``) the probe replaces the
 switch: a prompt it finds harmful (``harm >= τ``) is decoded plainly from one stream, so the
-model's own refusals stand; in a prompt it finds harmless every refusal start is undone.
+model's own refusals stand; in a prompt it finds harmless every refusal start gets the comply
+contrast, and where it is sure (``harm < ban_below``) refusal starts are also banned.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def gated_cd_logits(
     lam: float,
     beta: float,
     confirm: bool = True,
+    ban: bool = False,
 ) -> tuple[NDArray[np.float32], StepInfo]:
     """One refusal-gated step: final logits and the step's decision (module docstring).
 
@@ -54,10 +56,11 @@ def gated_cd_logits(
         alpha: contrast strength α of the comply contrast.
         lam: agreement threshold λ, also the confidence factor (AdaCD's switch).
         beta: plausibility cut-off β.
-        confirm: whether AdaCD's switch may keep a refusal. False: a probe found the prompt
-            harmless, so every refusal start is undone and, since the contrast alone cannot
-            undo a refusal both streams are sure of, refusal starts are also banned from ẑ (if
-            the plausibility mask leaves nothing else, the mask is dropped for that step).
+        confirm: whether AdaCD's switch may keep a refusal (False: a probe found the prompt
+            harmless, so every refusal start is undone).
+        ban: also ban refusal starts from ẑ, for a prompt the probe is sure is harmless: the
+            contrast alone cannot undo a refusal both streams are sure of (if the plausibility
+            mask leaves nothing else, the mask is dropped for that step).
 
     Returns:
         ``(ẑ, info)``; info ``mode`` is "plain" (O does not refuse), "refuse" (refusal kept,
@@ -71,7 +74,7 @@ def gated_cd_logits(
     if confirm and sig.refuse(lam):
         return np.asarray(z_o, dtype=np.float32), {"mode": "refuse", **info}
     final = contrast(z_o, z_s, sig.p_o, alpha=alpha, towards_safety=False, beta=beta)
-    if not confirm:
+    if ban:
         banned = np.fromiter(refusal_ids, dtype=np.intp)
         final[banned] = -np.inf
         if not np.isfinite(final).any():
@@ -114,6 +117,7 @@ class GatedCDRule(TwoStreamsForKSteps):
     steps: int = 10
     harm: float | None = None  # the probe's P(harmful) for this request; None = no probe
     threshold: float = 0.5  # τ: harm >= τ means harmful
+    ban_below: float = 0.0  # harm below this also bans refusal starts
     name: str = "gated_cd"
 
     def __post_init__(self) -> None:
@@ -122,6 +126,10 @@ class GatedCDRule(TwoStreamsForKSteps):
             raise ConfigError("gated_cd: refusal_ids is empty (no refusal-start tokens)")
         if not 0 <= self.threshold <= 1:
             raise ConfigError(f"gated_cd: threshold must be in [0, 1], got {self.threshold}")
+        if not 0 <= self.ban_below <= self.threshold:
+            raise ConfigError(
+                f"gated_cd: ban_below must be in [0, threshold={self.threshold}], got {self.ban_below}"
+            )
 
     @property
     def harmful(self) -> bool:
@@ -146,5 +154,6 @@ class GatedCDRule(TwoStreamsForKSteps):
         z, info = gated_cd_logits(
             logits[0], logits[1], refusal_ids=self.refusal_ids,
             alpha=self.alpha, lam=self.lam, beta=self.beta, confirm=self.harm is None,
+            ban=self.harm is not None and self.harm < self.ban_below,
         )
         return z, {**info, **probe}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 
 from guardrail.decoding.adacd import DEFAULT_SAFETY_PROMPT
 from guardrail.policy.base import Strict
@@ -59,6 +59,18 @@ class ProbeGate(Strict):
     threshold: float = Field(
         0.5, ge=0, le=1, description="τ: P(harmful) >= τ keeps the model's own answer."
     )
+    ban_below: float = Field(
+        0.0, ge=0, le=1,
+        description="Below this P(harmful), refusal-start tokens are also banned (the contrast "
+        "alone cannot undo a refusal both streams are sure of); must not exceed threshold.",
+    )
+
+    @model_validator(mode="after")
+    def _ban_below_threshold(self) -> ProbeGate:
+        if self.ban_below > self.threshold:
+            raise ValueError(f"ban_below ({self.ban_below}) must not exceed threshold "
+                             f"({self.threshold})")
+        return self
 
 
 class GatedCDStrategy(_ContrastParams):
