@@ -230,12 +230,14 @@ def test_lora_experts_from_a_policy(tf_engine: Engine, made: dict) -> None:
     with torch.inference_mode():
         ref = pm.generate(made["ids"], attention_mask=torch.ones_like(made["ids"]),
                           max_new_tokens=5, do_sample=False)[0, made["ids"].shape[1]:].tolist()
-    fixed = policy({"kind": "fixed", "alpha": 1.0, "beta": 0.0})
-    together = tf_engine.generate_many([tf_engine.request(fixed, msgs),
+    fixed = tf_engine.generate(policy({"kind": "fixed", "alpha": 1.0, "beta": 0.0}), msgs)
+    assert fixed.token_ids == ref
+    assert fixed.steps[0] == {"step": 0, "router": "fixed", "alpha": 1.0, "beta": 0.0}
+    strong = policy({"kind": "fixed", "alpha": 40.0, "beta": 0.0})  # a delta that shows in tokens
+    together = tf_engine.generate_many([tf_engine.request(strong, msgs),
                                         tf_engine.request(plain, msgs)])
-    assert together[0].token_ids == ref != base.token_ids
+    assert together[0].token_ids != base.token_ids
     assert together[1].token_ids == base.token_ids  # hooks were off for the plain request
-    assert together[0].steps[0] == {"router": "fixed", "alpha": 1.0, "beta": 0.0}
     downs = find_down_projs(tf_engine.backend.model)
     router = save_router(_random_folded(len(downs), downs[0].in_features, 3),
                          made["root"] / "policy-router.safetensors")
