@@ -133,3 +133,20 @@ def test_cuda_streams_match_cpu() -> None:
                                                  min_new_tokens=6)]))
     fin = events[-1]
     assert isinstance(fin, FinishEvent) and len(fin.token_ids) == 6 and len(fin.steps) == 3
+
+
+@pytest.mark.gpu
+def test_cuda_prompt_feature_matches_cpu() -> None:
+    """The probe's feature (final hidden state of the prompt) is the same on CUDA and on CPU."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from guardrail.adapters.transformers import TransformersBackend
+
+    path = _gpu_model_path()
+    cpu = TransformersBackend(path, device="cpu", dtype="float32")
+    gpu = TransformersBackend(path, device="cuda", dtype="float32")
+    ids = cpu.encode_chat(MSGS)
+    a, b = cpu.prompt_hidden_state(ids), gpu.prompt_hidden_state(ids)
+    assert a.dtype == b.dtype == np.float32 and a.shape == b.shape
+    assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.999
