@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from guardrail.decoding.adacd import validate_adacd_params
-from guardrail.decoding.mathops import agreement, contrast
+from guardrail.decoding.mathops import agreement, contrast, plausibility_mask
 from guardrail.decoding.rules import StepInfo, TwoStreamsForKSteps
 from guardrail.errors import ConfigError
 
@@ -73,13 +73,17 @@ def gated_cd_logits(
         return np.asarray(z_o, dtype=np.float32), {"mode": "plain", **info}
     if confirm and sig.refuse(lam):
         return np.asarray(z_o, dtype=np.float32), {"mode": "refuse", **info}
-    final = contrast(z_o, z_s, sig.p_o, alpha=alpha, towards_safety=False, beta=beta)
-    if ban:
-        banned = np.fromiter(refusal_ids, dtype=np.intp)
-        final[banned] = -np.inf
-        if not np.isfinite(final).any():
-            final = contrast(z_o, z_s, sig.p_o, alpha=alpha, towards_safety=False, beta=0.0)
-            final[banned] = -np.inf
+    if not ban:
+        final = contrast(z_o, z_s, sig.p_o, alpha=alpha, towards_safety=False, beta=beta)
+        return final, {"mode": "comply", **info}
+    final = contrast(z_o, z_s, sig.p_o, alpha=alpha, towards_safety=False, beta=0.0)
+    banned = np.fromiter(refusal_ids, dtype=np.intp)
+    drop = plausibility_mask(sig.p_o, beta)
+    drop[banned] = True
+    if drop.all():  # the mask leaves only refusal starts: drop the mask for this step
+        drop[:] = False
+        drop[banned] = True
+    final[drop] = -np.inf
     return final, {"mode": "comply", **info}
 
 
