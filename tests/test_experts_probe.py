@@ -101,7 +101,8 @@ def test_probe_router_in_a_policy(tf_engine: Engine, probe_file: Path) -> None:
     assert g.steps[0]["alpha"] + g.steps[0]["beta"] == pytest.approx(1.0)
 
 
-def test_router_train_cli_writes_router_and_card(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["transformers", "llamacpp"])
+def test_router_train_cli_writes_router_and_card(tmp_path: Path, backend: str) -> None:
     from guardrail.cli.router import router_app
 
     prompts, harmful = _rows(6)
@@ -111,10 +112,12 @@ def test_router_train_cli_writes_router_and_card(tmp_path: Path) -> None:
         w.writerow(["prompt", "label"])
         w.writerows([p, "unsafe" if h else "safe"] for p, h in zip(prompts, harmful))
     out = tmp_path / "r.safetensors"
-    res = CliRunner().invoke(router_app, ["train", "--data", str(data), "--out", str(out)])
+    res = CliRunner().invoke(router_app, ["train", "--data", str(data), "--out", str(out),
+                                          "--backend", backend, "--l2", "0.1"])
     assert res.exit_code == 0, res.output
     card = json.loads(out.with_suffix(".json").read_text())
     assert len(card["data_sha256"]) == 64 and card["n_heldout"] == 4
+    assert (card["backend"], card["l2"]) == (backend, 0.1)
     assert 0 <= card["heldout_accuracy"] <= 1 and card["model"]
     assert isinstance(load_router(out), ProbeWeights)
     bad = tmp_path / "bad.csv"
