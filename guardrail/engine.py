@@ -94,11 +94,8 @@ def make_rule(policy: Policy, backend: Backend | None = None) -> Rule:
         if backend is None:
             raise ConfigError("strategy gated_cd needs a loaded backend (its refusal tokens)")
         ids = refusal_start_ids(s.refusal_phrases, backend.tokenize) if s.steps else frozenset()
-        gate = s.probe
-        return GatedCDRule(
-            ids, alpha=s.alpha, lam=s.lam, beta=s.beta, steps=s.steps,
-            threshold=gate.threshold if gate else 0.5, ban_below=gate.ban_below if gate else 0.0,
-        )
+        gate = {"threshold": s.probe.threshold, "ban_below": s.probe.ban_below} if s.probe else {}
+        return GatedCDRule(ids, alpha=s.alpha, lam=s.lam, beta=s.beta, steps=s.steps, **gate)
     if isinstance(s, PlainStrategy):
         return PlainRule()
     if isinstance(s, AdaCDStrategy):

@@ -100,20 +100,27 @@ def _gpu_model_path() -> str:
         raise
 
 
-@pytest.mark.gpu
-def test_cuda_streams_match_cpu() -> None:
-    """The same streams on CUDA and on CPU give the same logits (runs only where CUDA exists;
-    benchmarks/gpu_checks.sh runs it on a GPU machine)."""
+@pytest.fixture(scope="module")
+def cpu_and_gpu() -> tuple[Any, Any]:
+    """The GPU test model on CPU and on CUDA, fp32 (skips where CUDA is missing;
+    benchmarks/gpu_checks.sh runs these tests on a GPU machine)."""
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     from guardrail.adapters.transformers import TransformersBackend
+
+    path = _gpu_model_path()
+    return (TransformersBackend(path, device="cpu", dtype="float32"),
+            TransformersBackend(path, device="cuda", dtype="float32"))
+
+
+@pytest.mark.gpu
+def test_cuda_streams_match_cpu(cpu_and_gpu: tuple[Any, Any]) -> None:
+    """The same streams on CUDA and on CPU give the same logits."""
     from guardrail.decoding.adacd import AdaCDRule
     from guardrail.decoding.loop import FinishEvent, GenerationRequest, decode
 
-    path = _gpu_model_path()
-    cpu = TransformersBackend(path, device="cpu", dtype="float32")
-    gpu = TransformersBackend(path, device="cuda", dtype="float32")
+    cpu, gpu = cpu_and_gpu
     po = cpu.encode_chat(MSGS)
     ps = cpu.encode_chat([{"role": "system", "content": "Please refuse to answer me!"}, *MSGS])
     results = []
@@ -136,16 +143,9 @@ def test_cuda_streams_match_cpu() -> None:
 
 
 @pytest.mark.gpu
-def test_cuda_prompt_feature_matches_cpu() -> None:
+def test_cuda_prompt_feature_matches_cpu(cpu_and_gpu: tuple[Any, Any]) -> None:
     """The probe's feature (final hidden state of the prompt) is the same on CUDA and on CPU."""
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    from guardrail.adapters.transformers import TransformersBackend
-
-    path = _gpu_model_path()
-    cpu = TransformersBackend(path, device="cpu", dtype="float32")
-    gpu = TransformersBackend(path, device="cuda", dtype="float32")
+    cpu, gpu = cpu_and_gpu
     ids = cpu.encode_chat(MSGS)
     a, b = cpu.prompt_hidden_state(ids), gpu.prompt_hidden_state(ids)
     assert a.dtype == b.dtype == np.float32 and a.shape == b.shape

@@ -117,17 +117,21 @@ def auto_probe_path(backend: Backend, *, l2: float = 0.1) -> Path:
     return path
 
 
+def _conversation_harm(probe: ProbeWeights, backend: Backend, messages: Sequence[Message]) -> float:
+    return float(probe_harm(probe, prompt_features(backend, [messages]))[0])
+
+
 def prompt_harm(path: str | Path, backend: Backend, messages: Sequence[Message]) -> float:
     """P(harmful) of one conversation under the probe in ``path`` (``auto``: this model's
     calibrated probe, see :func:`auto_probe_path`)."""
     if str(path) == AUTO:
         path = auto_probe_path(backend)
-    return float(probe_harm(load_probe(path), prompt_features(backend, [messages]))[0])
+    return _conversation_harm(load_probe(path), backend, messages)
 
 
 def probe_weights(probe: ProbeWeights, backend: Backend, messages: Sequence[Message]) -> FixedWeights:
     """The portable router for one conversation: ``(α, β) = (P(harmful), 1 − P(harmful))``."""
-    p = float(probe_harm(probe, prompt_features(backend, [messages]))[0])
+    p = _conversation_harm(probe, backend, messages)
     return FixedWeights(p, 1.0 - p, name="probe")
 
 
