@@ -29,6 +29,9 @@ def _register() -> None:
     from guardrail.cli import tune as tune_cli
 
     tune_cli.register(app)
+    from guardrail.cli import refusal as refusal_cli
+
+    refusal_cli.register(app)
 
 
 _register()

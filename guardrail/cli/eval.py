@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from guardrail.errors import GuardrailError
+from guardrail.errors import ConfigError, GuardrailError
 
 eval_app = typer.Typer(
     help="Measure over-refusal and safety of policies on a dataset (resumable).",
@@ -45,9 +45,14 @@ def eval_command(
         None, help="Evaluate N prompts, taken in turn from each type."
     ),
     max_new_tokens: Optional[int] = typer.Option(None, help="Override the answer length."),  # noqa: UP007
-    detector: str = typer.Option("string_match", help="Refusal detector: string_match or judge."),
+    detector: str = typer.Option(
+        "string_match", help="Refusal detector: string_match, judge or probe."
+    ),
     judge_model: Optional[str] = typer.Option(  # noqa: UP007
         None, help="Judge model path (detector judge; default: the evaluated model)."
+    ),
+    probe_file: Optional[str] = typer.Option(  # noqa: UP007
+        None, help="Refusal probe file (detector probe; default: the shipped one)."
     ),
     batch_size: int = typer.Option(4, help="Prompts decoded together."),
     report: Optional[Path] = typer.Option(  # noqa: UP007
@@ -70,7 +75,7 @@ def eval_command(
             summary = ev.run(
                 policy, data, out=out, model=model, backend=backend, limit=limit,
                 max_new_tokens=max_new_tokens, detector=detector, judge_model=judge_model,
-                batch_size=batch_size,
+                probe_file=probe_file, batch_size=batch_size,
             )
             typer.echo(f"results, summary.json, report.md, report.png in {out}")
     except GuardrailError as e:
@@ -78,30 +83,64 @@ def eval_command(
     _print_table(summary)
 
 
+@eval_app.command("rescore")
+def rescore(
+    source: Path = typer.Argument(..., help="A run directory (results.jsonl) to decide again."),
+    out: Path = typer.Option(..., help="Run directory for the rescored run."),
+    detector: str = typer.Option(..., help="Refusal detector: string_match, judge or probe."),
+    judge_model: Optional[str] = typer.Option(  # noqa: UP007
+        None, help="Judge model path (detector judge; default: the evaluated model)."
+    ),
+    probe_file: Optional[str] = typer.Option(  # noqa: UP007
+        None, help="Refusal probe file (detector probe; default: the shipped one)."
+    ),
+    batch_size: int = typer.Option(8, help="Answers decided together."),
+) -> None:
+    """Decide a run's answers again with another detector (no regeneration; resumable)."""
+    from guardrail import eval as ev
+
+    try:
+        summary = ev.rescore(source, out=out, detector=detector, judge_model=judge_model,
+                             probe_file=probe_file, batch_size=batch_size)
+    except GuardrailError as e:
+        raise _fail(e) from e
+    typer.echo(f"rescored results, summary.json, report.md, report.png in {out}")
+    _print_table(summary)
+
+
 @eval_app.command("agreement")
 def agreement(
     files: list[Path] = typer.Argument(..., help="XSTest completion CSVs with final_label."),
-    detector: str = typer.Option("string_match", help="string_match or judge."),
+    detector: str = typer.Option("string_match", help="string_match, judge or probe."),
     model: Optional[str] = typer.Option(None, help="Judge model path (default: embedded)."),  # noqa: UP007
+    probe_file: Optional[str] = typer.Option(  # noqa: UP007
+        None, help="Refusal probe file (detector probe; default: the shipped one)."
+    ),
     backend: str = typer.Option("llamacpp", help="Judge backend."),
     sample: Optional[int] = typer.Option(None, help="Judge a random sample of N answers."),  # noqa: UP007
     seed: int = typer.Option(0, help="Sample seed."),
     batch_size: int = typer.Option(8, help="Answers judged together."),
 ) -> None:
-    """A detector's agreement with human refusal labels (gold: full or partial refusal)."""
+    """A detector's agreement with human refusal labels (gold: full or partial refusal). A
+    refusal probe is measured on the answers it was not trained on."""
+    from guardrail.eval.runner import refusal_config
+    from guardrail.policy import ModelConfig, Policy
     from guardrail.refusal import get_detector
     from guardrail.refusal.agreement import load_labelled, measure
     from guardrail.refusal.agreement import sample as take
 
     try:
         answers = take(load_labelled(files), sample, seed)
+        if model is not None and detector != "judge":
+            raise ConfigError("--model is the judge's model (--detector judge); a refusal probe "
+                              "reads the model it was trained on")
         engine = None
         if detector == "judge":
             from guardrail.engine import get_engine
-            from guardrail.policy import ModelConfig
 
             engine = get_engine(ModelConfig(backend=backend, path=model))  # type: ignore[arg-type]
-        result = measure(get_detector(detector, engine), answers, batch_size=batch_size)
+        config = refusal_config(detector, None, Policy(name="agreement"), probe_file=probe_file)
+        result = measure(get_detector(config, engine), answers, batch_size=batch_size)
     except GuardrailError as e:
         raise _fail(e) from e
     typer.echo(result.model_dump_json(indent=2))

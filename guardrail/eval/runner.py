@@ -22,7 +22,7 @@ from guardrail.eval.report import write_report
 from guardrail.eval.results import ResultRow, ResultsFile, check_settings
 from guardrail.eval.summary import EvalSummary
 from guardrail.policy import ModelConfig, Policy, load_policy
-from guardrail.policy.schema import JudgeConfig, RefusalConfig
+from guardrail.policy.schema import JudgeConfig, RefusalConfig, RefusalProbeConfig
 from guardrail.refusal import DETECTORS, get_detector
 
 OnRow = Callable[[ResultRow], None]
@@ -76,6 +76,7 @@ def run(
     max_new_tokens: int | None = None,
     detector: str = "string_match",
     judge_model: str | None = None,
+    probe_file: str | None = None,
     batch_size: int = 4,
     progress: bool = True,
     on_row: OnRow | None = None,
@@ -84,8 +85,9 @@ def run(
 
     ``limit`` takes a type-stratified slice (see :func:`stratified_slice`). ``on_row`` is called
     after each row is durable (progress hooks, notebooks, tests). ``judge_model`` is a model path
-    for ``detector="judge"`` (default: the evaluated model judges its own answers). Returns the summary that was
-    written to ``out/summary.json``.
+    for ``detector="judge"`` (default: the evaluated model judges its own answers), ``probe_file`` a
+    refusal probe for ``detector="probe"`` (default: the shipped one). Returns the summary that
+    was written to ``out/summary.json``.
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
@@ -101,6 +103,7 @@ def run(
             "max_new_tokens": pols[0].sampling.max_new_tokens if max_new_tokens else None,
             "detector": detector,
             "judge_model": judge_model,
+            "probe_file": probe_file,
             "policies": {p.name: p.model_dump(mode="json") for p in pols},
         },
     )
@@ -111,7 +114,9 @@ def run(
     pending = sum(len(exs) for _, exs in todo)
     if pending:
         engine = get_engine(pols[0].model)
-        judge = get_detector(_refusal_config(detector, judge_model, pols[0]), engine)
+        judge = get_detector(
+            refusal_config(detector, judge_model, pols[0], probe_file=probe_file), engine
+        )
         with tqdm(total=total, initial=total - pending, desc="eval", unit="answer",
                   disable=not progress, dynamic_ncols=True) as bar:
             for policy, exs in todo:
@@ -125,13 +130,21 @@ def run(
     return write_report(out_dir)
 
 
-def _refusal_config(detector: str, judge_model: str | None, policy: Policy) -> RefusalConfig:
-    """The refusal section for ``--detector``/``--judge-model`` (judge on the policy's backend)."""
+def refusal_config(
+    detector: str, judge_model: str | None, policy: Policy, *, probe_file: str | None = None
+) -> RefusalConfig:
+    """The refusal section for ``--detector``, ``--judge-model`` (judge on the policy's backend)
+    and ``--probe-file``."""
     if detector not in DETECTORS:
         raise ConfigError(f"--detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
+    if judge_model is not None and detector != "judge":
+        raise ConfigError("--judge-model is only used with --detector judge")
+    if probe_file is not None and detector != "probe":
+        raise ConfigError("--probe-file is only used with --detector probe")
+    if detector == "probe":
+        return RefusalConfig(detector="probe",
+                             probe=RefusalProbeConfig(path=probe_file) if probe_file else None)
     if detector == "string_match":
-        if judge_model is not None:
-            raise ConfigError("--judge-model is only used with --detector judge")
         return RefusalConfig(detector="string_match")
     model = None
     if judge_model is not None:

@@ -25,6 +25,7 @@ from guardrail.policy.schema import (
     PlainStrategy,
     Policy,
     RefusalConfig,
+    RefusalProbeConfig,
     SamplingConfig,
 )
 from guardrail.policy.watch import PolicySource
@@ -43,6 +44,7 @@ __all__ = [
     "PolicySource",
     "PolicyValidationError",
     "RefusalConfig",
+    "RefusalProbeConfig",
     "SamplingConfig",
     "default_policy_name",
     "dump_policy",

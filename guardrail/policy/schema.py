@@ -39,19 +39,43 @@ class JudgeConfig(_Strict):
     max_new_tokens: int = Field(16, ge=1, le=256, description="Most tokens of the judge's verdict.")
 
 
+class RefusalProbeConfig(_Strict):
+    """A learned refusal judge (``detector: probe``): a local model reads the answer and a
+    logistic regression trained on human labels decides (docs/evaluation.md)."""
+
+    path: str = Field(
+        "shipped",
+        description="Refusal probe file (`guardrail refusal train`); `shipped` is the one in the "
+        "package, trained on XSTest's human-labelled answers for the embedded model.",
+    )
+    model: ModelConfig | None = Field(
+        None,
+        description="The model the probe reads (the one it was trained on); null means the "
+        "embedded SmolLM2-135M-Instruct on llama.cpp.",
+    )
+    threshold: float | None = Field(
+        None, gt=0, lt=1, description="P(refusal) at or above which an answer is a refusal; "
+        "null means the file's (0.5).",
+    )
+
+
 class RefusalConfig(_Strict):
     """How an answer is recognised as a refusal."""
 
-    detector: Literal["string_match", "judge"] = Field(
+    detector: Literal["string_match", "judge", "probe"] = Field(
         "string_match",
         description="string_match: the answer starts with or contains a refusal phrase; "
-        "judge: a model classifies the answer.",
+        "judge: a model answers XSTest's judge prompt; probe: a learned refusal judge reads the "
+        "answer.",
     )
     prefixes: list[str] | None = Field(
         None, description="Refusal phrases for string_match; null means XSTest's list."
     )
     judge: JudgeConfig | None = Field(
         None, description="Judge settings (detector: judge only); null means the defaults."
+    )
+    probe: RefusalProbeConfig | None = Field(
+        None, description="Refusal probe settings (detector: probe only); null means the defaults."
     )
 
     @field_validator("prefixes")
@@ -65,6 +89,8 @@ class RefusalConfig(_Strict):
     def _judge_needs_judge_detector(self) -> RefusalConfig:
         if self.judge is not None and self.detector != "judge":
             raise ValueError("judge settings are only used with detector: judge")
+        if self.probe is not None and self.detector != "probe":
+            raise ValueError("probe settings are only used with detector: probe")
         return self
 
 

@@ -26,6 +26,7 @@ class LabelledAnswer(BaseModel):
     """One human-labelled answer."""
 
     source: str
+    index: int = Field(0, description="Row number within its file (0 = first answer).")
     id: str
     prompt: str
     response: str
@@ -38,6 +39,9 @@ class Agreement(BaseModel):
     detector: str
     files: list[str]
     n: int
+    excluded: int = Field(
+        0, description="Answers left out because the detector was trained on them."
+    )
     accuracy: float = Field(description="Share of answers where detector and people agree.")
     precision: float | None = Field(description="Of the detected refusals, share people call one.")
     recall: float | None = Field(description="Of the human-labelled refusals, share detected.")
@@ -56,7 +60,7 @@ def load_labelled(paths: Sequence[str | Path]) -> list[LabelledAnswer]:
                 rows = list(csv.DictReader(f))
         except FileNotFoundError as e:
             raise ConfigError(f"{path}: no such file") from e
-        for i, row in enumerate(rows, start=2):
+        for i, row in enumerate(rows, start=2):  # i: the CSV line (header = line 1)
             missing = {"prompt", "completion", "final_label"} - set(row)
             if missing:
                 raise ConfigError(f"{path}: missing column(s) {sorted(missing)}")
@@ -68,6 +72,7 @@ def load_labelled(paths: Sequence[str | Path]) -> list[LabelledAnswer]:
             out.append(
                 LabelledAnswer(
                     source=path.name,
+                    index=i - 2,
                     id=row.get("id") or str(i),
                     prompt=row["prompt"],
                     response=row["completion"],
@@ -84,6 +89,15 @@ def sample(answers: list[LabelledAnswer], n: int | None, seed: int = 0) -> list[
     return random.Random(seed).sample(answers, n)
 
 
+def held_out(answers: Sequence[LabelledAnswer], detector: Detector) -> list[LabelledAnswer]:
+    """The answers ``detector`` was not trained on (a refusal probe lists its training answers;
+    other detectors were trained on none of them)."""
+    from guardrail.refusal.probe import answer_key
+
+    trained = getattr(getattr(detector, "probe", None), "trained_on", frozenset())
+    return [a for a in answers if answer_key(a.prompt, a.response) not in trained]
+
+
 def measure(
     detector: Detector,
     answers: Sequence[LabelledAnswer],
@@ -91,7 +105,10 @@ def measure(
     batch_size: int = 8,
     progress: bool = True,
 ) -> Agreement:
-    """Run ``detector`` on every answer and count agreement with the human labels."""
+    """Run ``detector`` on every answer it was not trained on (:func:`held_out`) and count
+    agreement with the human labels."""
+    kept = held_out(answers, detector)
+    excluded, answers = len(answers) - len(kept), kept
     tp = fp = tn = fn = 0
     bar = tqdm(total=len(answers), desc=f"agreement {detector.name}", disable=not progress)
     for start in range(0, len(answers), batch_size):
@@ -109,6 +126,7 @@ def measure(
         detector=detector.name,
         files=sorted({a.source for a in answers}),
         n=n,
+        excluded=excluded,
         accuracy=(tp + tn) / n if n else 0.0,
         precision=tp / (tp + fp) if tp + fp else None,
         recall=tp / (tp + fn) if tp + fn else None,
