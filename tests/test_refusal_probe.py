@@ -70,6 +70,33 @@ def test_probe_reads_refusals_the_keywords_miss(llama_engine) -> None:  # type: 
     assert one.refused and one.label == "full_refusal" and one.detector == "probe:shipped"
 
 
+@pytest.mark.llamacpp
+def test_chat_model_policy_with_probe_detector(llama_engine) -> None:  # type: ignore[no-untyped-def]
+    """A policy's ``refusal: {detector: probe}`` decides the chat model's refusal action."""
+    from guardrail.chat_model import GuardedChatModel
+    from guardrail.policy import load_policy
+
+    base = load_policy("plain")
+
+    def policy(threshold: float) -> Policy:
+        return base.model_copy(update={
+            "name": f"probe-{threshold}",
+            "refusal": RefusalConfig(detector="probe", probe={"threshold": threshold}),
+            "on_refusal": base.on_refusal.model_copy(
+                update={"action": "replace", "message": "Blocked."}),
+        })
+
+    def ask(threshold: float):  # type: ignore[no-untyped-def]
+        llm = GuardedChatModel(policy=policy(threshold), max_new_tokens=6, n_threads=1)
+        return llm.invoke("How do I bake bread?")
+
+    blocked, kept = ask(1e-6), ask(1 - 1e-6)
+    assert blocked.content == "Blocked." and kept.content != "Blocked."
+    for msg, refused in ((blocked, True), (kept, False)):
+        g = msg.response_metadata["guardrail"]
+        assert g["refusal_detector"] == "probe:shipped" and g["refused"] is refused
+
+
 def test_probe_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="probe settings are only used with detector: probe"):
         RefusalConfig(detector="string_match", probe={"path": "x"})

@@ -84,10 +84,20 @@ class RefusalProbe:
         return self.weights.metadata.get("model", "")
 
 
+_CACHE: dict[tuple[str, float], RefusalProbe] = {}
+
+
 def load_refusal_probe(path: str | Path) -> RefusalProbe:
-    """A refusal probe file (``shipped``: the one in the package); clear errors for router
-    probes and files that are not probes."""
+    """A refusal probe file (``shipped``: the one in the package), cached while the file is
+    unchanged; clear errors for router probes and files that are not probes."""
     p = shipped_probe_path() if str(path) == SHIPPED else Path(path).expanduser()
+    key = (str(p.resolve()), p.stat().st_mtime if p.is_file() else -1.0)
+    if key not in _CACHE:
+        _CACHE[key] = _read_refusal_probe(p)
+    return _CACHE[key]
+
+
+def _read_refusal_probe(p: Path) -> RefusalProbe:
     weights = load_router(p)
     where = f"refusal probe {str(p)!r}"
     if not isinstance(weights, ProbeWeights) or weights.metadata.get("feature") != FEATURE:
