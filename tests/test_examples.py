@@ -58,9 +58,17 @@ def test_agent(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_every_example_is_a_script_and_tested() -> None:
     """Each example has a __main__ guard and a test above (demo.py belongs to the CLI)."""
-    tested = {"lcel_chain", "streaming", "async_batch", "policy_switch", "agent"}
+    tested = {"lcel_chain", "streaming", "async_batch", "policy_switch", "agent",
+              "refusal_detectors"}
     found = {p.stem for p in EXAMPLES.glob("*.py")} - {"demo"}
     assert found == tested
     for name in found:
         src = (EXAMPLES / f"{name}.py").read_text(encoding="utf-8")
         assert 'if __name__ == "__main__":' in src, name
+
+
+def test_refusal_detectors(capsys: pytest.CaptureFixture[str]) -> None:
+    verdicts = _load("refusal_detectors").main()
+    # an answer, a stock refusal both catch, a refusal in other words only the probe catches
+    assert verdicts == [(False, False), (True, True), (False, True)]
+    assert "P(refusal)=" in capsys.readouterr().out

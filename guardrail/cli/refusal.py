@@ -3,12 +3,12 @@ answers."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from guardrail.cli.router import write_card
 from guardrail.errors import GuardrailError
 
 refusal_app = typer.Typer(help="Refusal detectors (docs/evaluation.md).", no_args_is_help=True)
@@ -63,11 +63,7 @@ def train(
         "holdout_every": holdout_every, "answer_tokens": answer_tokens, "l2": l2,
         **report.as_dict(),
     }
-    card_path = path.with_suffix(".json")
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
-    acc = report.heldout_accuracy
-    typer.echo(f"wrote {path} and {card_path}; held-out accuracy "
-               f"{'n/a' if acc is None else f'{acc:.3f}'} on {report.n_heldout} answers")
+    write_card(path, card, report, "answers")
 
 
 def register(app: typer.Typer) -> None:

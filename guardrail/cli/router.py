@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -64,11 +65,16 @@ def train(
         "backend": backend, "rows": len(prompts), "seed": seed, "l2": l2, "feature": feature,
         **report.as_dict(),
     }
+    write_card(path, card, report, "prompts")
+
+
+def write_card(path: Path, card: dict[str, Any], report: Any, unit: str) -> None:
+    """Write a trained probe's JSON card next to it and say where, with its held-out accuracy."""
     card_path = path.with_suffix(".json")
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     acc = report.heldout_accuracy
     typer.echo(f"wrote {path} and {card_path}; held-out accuracy "
-               f"{'n/a' if acc is None else f'{acc:.3f}'} on {report.n_heldout} prompts")
+               f"{'n/a' if acc is None else f'{acc:.3f}'} on {report.n_heldout} {unit}")
 
 
 def register(app: typer.Typer) -> None:

@@ -101,7 +101,7 @@ def tune(
         None, help="Use N prompts, taken in turn from each type."
     ),
     max_new_tokens: int = typer.Option(24, help="Answer length."),
-    detector: str = typer.Option("string_match", help="string_match or judge."),
+    detector: str = typer.Option("string_match", help="string_match, judge or probe."),
     batch_size: int = typer.Option(8, help="Prompts decoded together."),
     threads: Optional[int] = typer.Option(  # noqa: UP007
         None, help="llama.cpp CPU threads (default: all)."

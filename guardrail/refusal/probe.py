@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 
 from guardrail.adapters.base import Backend
 from guardrail.errors import ConfigError
-from guardrail.experts.probe import fit_logistic, probe_harm
+from guardrail.experts.probe import ProbeReport, fit_logistic, probe_harm
 from guardrail.experts.router_file import ProbeWeights, load_router, save_router
 from guardrail.refusal.base import RefusalResult
 
@@ -157,19 +157,6 @@ class RefusalProbeDetector:
         return f"RefusalProbeDetector({self.name!r}, threshold={self.threshold})"
 
 
-@dataclass
-class RefusalProbeReport:
-    """What :func:`train_refusal_probe` measured."""
-
-    n_train: int
-    n_heldout: int
-    train_accuracy: float
-    heldout_accuracy: float | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
 def train_refusal_probe(
     backend: Backend,
     answers: Sequence[Any],
@@ -178,7 +165,7 @@ def train_refusal_probe(
     answer_tokens: int = 24,
     l2: float = 0.1,
     progress: bool = True,
-) -> tuple[ProbeWeights, RefusalProbeReport]:
+) -> tuple[ProbeWeights, ProbeReport]:
     """Fit a refusal probe on labelled answers (objects with ``prompt``, ``response``,
     ``refused`` and ``index``: the row number within its file). Rows whose index is a multiple
     of ``holdout_every`` are held out for the report and not trained on (0: train on all)."""
@@ -207,7 +194,7 @@ def train_refusal_probe(
     def acc(mask: NDArray[np.bool_]) -> float | None:
         return float(np.mean(pred[mask] == y[mask])) if mask.any() else None
 
-    report = RefusalProbeReport(int((~held).sum()), int(held.sum()), acc(~held) or 0.0, acc(held))
+    report = ProbeReport(int((~held).sum()), int(held.sum()), acc(~held) or 0.0, acc(held))
     return weights, report
 
 
