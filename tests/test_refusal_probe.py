@@ -70,6 +70,17 @@ def test_probe_reads_refusals_the_keywords_miss(llama_engine) -> None:  # type: 
     assert one.refused and one.label == "full_refusal" and one.detector == "probe:shipped"
 
 
+@pytest.mark.transformers
+def test_probe_on_transformers_reads_alike(tf_engine) -> None:  # type: ignore[no-untyped-def]
+    """The shipped probe (fitted on llama.cpp's states) decides alike on the transformers
+    backend of the same GGUF."""
+    cfg = RefusalConfig(detector="probe", probe={"model": {"backend": "transformers"}})
+    det = get_detector(cfg)
+    assert det.backend is tf_engine.backend
+    results = det.detect_many(REFUSALS + ANSWERS)
+    assert [r.refused for r in results] == [True] * len(REFUSALS) + [False] * len(ANSWERS)
+
+
 @pytest.mark.llamacpp
 def test_chat_model_policy_with_probe_detector(llama_engine) -> None:  # type: ignore[no-untyped-def]
     """A policy's ``refusal: {detector: probe}`` decides the chat model's refusal action."""
