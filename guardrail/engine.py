@@ -230,9 +230,11 @@ class Engine:
         messages: Sequence[Message],
         *,
         tools: Sequence[Mapping[str, Any]] | None = None,
+        n_streams: int | None = None,
     ) -> tuple[list[list[int]], Backend | None]:
         """Each stream's prompt, and the backend that runs them when it is not this one (experts
-        on other models or LoRA contexts)."""
+        on other models or LoRA contexts); only the first ``n_streams`` are rendered when the
+        bound rule needs fewer (gated_cd decodes a harmful-called prompt in one stream)."""
         plain = with_system_prompt(messages, policy.system_prompt)
         s = policy.strategy
         if isinstance(s, ExpertsStrategy):
@@ -243,7 +245,7 @@ class Engine:
         if isinstance(s, AdaCDStrategy) and s.steps > 0:
             safety = add_safety_prompt(plain, s.safety_prompt, system_role=self.system_role)
             prompts.append(self.backend.encode_chat(safety, tools=tools))
-        if isinstance(s, GatedCDStrategy) and s.steps > 0:
+        if isinstance(s, GatedCDStrategy) and s.steps > 0 and (n_streams or 2) > 1:
             safety = contrast_messages(
                 plain, s.safety_prompt, self.default_system, system_role=self.system_role
             )
@@ -280,7 +282,7 @@ class Engine:
         """A ready request: streams, rule, sampling and stops from the policy."""
         sp = policy.sampling
         rule = self._bound_rule(policy, messages)
-        prompts, backend = self._streams(policy, messages, tools=tools)
+        prompts, backend = self._streams(policy, messages, tools=tools, n_streams=rule.n_streams)
         return GenerationRequest(
             prompts=prompts[: rule.n_streams],
             rule=rule,
