@@ -121,6 +121,10 @@ def test_probe_config_errors(tmp_path: Path) -> None:
         load_refusal_probe(router)
     with pytest.raises(ConfigError, match="no such file"):
         load_refusal_probe(tmp_path / "missing.safetensors")
+    from guardrail.experts.probe import load_probe
+
+    with pytest.raises(ConfigError, match="is a refusal probe .* not a prompt router"):
+        load_probe(shipped_probe_path())
     from guardrail.eval.runner import refusal_config
 
     with pytest.raises(ConfigError, match="--probe-file is only used with --detector probe"):

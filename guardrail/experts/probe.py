@@ -116,6 +116,11 @@ def load_probe(path: str | Path) -> ProbeWeights:
     key = (str(p.resolve()), p.stat().st_mtime)
     if key not in _PROBES:
         probe = load_router(p)
+        if getattr(probe, "metadata", {}).get("purpose") == "refusal":
+            raise RouterFileError(
+                f"{str(p)!r} is a refusal probe (`refusal: {{detector: probe}}`), not a prompt "
+                "router; train one with `guardrail router train`"
+            )
         if not isinstance(probe, ProbeWeights):
             raise RouterFileError(
                 f"router file {str(p)!r} is a per-layer {probe.kind} router (faithful mode); a "

@@ -8,6 +8,7 @@ decided. Agreement with human labels is measured by :mod:`guardrail.refusal.agre
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,12 @@ def _probe_detector(settings: Any) -> Detector:
     probe = load_refusal_probe(path)
     engine = get_engine(getattr(settings, "model", None) or ModelConfig())
     name = SHIPPED if path == SHIPPED else Path(path).name
+    if probe.model and probe.model != engine.backend.model_name:
+        logging.getLogger("guardrail").warning(
+            "refusal probe %s was trained on %s but reads %s; its decisions are only as good as "
+            "its agreement there (guardrail eval agreement)", name, probe.model,
+            engine.backend.model_name,
+        )
     return RefusalProbeDetector(engine.backend, probe, name=name, lock=engine.lock,
                                 threshold=getattr(settings, "threshold", None))
 
