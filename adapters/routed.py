@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 from guardrail.adapters.base import Backend, Message, Streams
 from guardrail.errors import ConfigError
 
+
 class RoutedStreams(Streams):
     """Each member's streams, interleaved back into the request's stream order.
 

@@ -241,16 +241,14 @@ class Engine:
             from guardrail.experts.policy import expert_streams
 
             return expert_streams(s, self, plain, tools=tools)
-        prompts = [self.backend.encode_chat(plain, tools=tools)]
+        convs = [plain]
         if isinstance(s, AdaCDStrategy) and s.steps > 0:
-            safety = add_safety_prompt(plain, s.safety_prompt, system_role=self.system_role)
-            prompts.append(self.backend.encode_chat(safety, tools=tools))
-        if isinstance(s, GatedCDStrategy) and s.steps > 0 and (n_streams or 2) > 1:
-            safety = contrast_messages(
+            convs.append(add_safety_prompt(plain, s.safety_prompt, system_role=self.system_role))
+        if isinstance(s, GatedCDStrategy) and s.steps > 0:
+            convs.append(contrast_messages(
                 plain, s.safety_prompt, self.default_system, system_role=self.system_role
-            )
-            prompts.append(self.backend.encode_chat(safety, tools=tools))
-        return prompts, None
+            ))
+        return [self.backend.encode_chat(c, tools=tools) for c in convs[:n_streams]], None
 
     def _bound_rule(self, policy: Policy, messages: Sequence[Message]) -> Rule:
         """``make_rule``, plus what a prompt probe reads from this conversation: an experts

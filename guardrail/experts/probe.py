@@ -45,6 +45,17 @@ AUTO = "auto"
 log = logging.getLogger("guardrail")
 
 
+def token_span(backend: Backend, text: str, part: str, n_ids: int) -> tuple[int, int] | None:
+    """Token positions ``[start, end)`` of the last occurrence of ``part`` in ``text``, a
+    rendered conversation of ``n_ids`` tokens, or ``None`` when it cannot be located."""
+    at = text.rfind(part) if part else -1
+    if at < 0:
+        return None
+    start = len(backend.tokenize(text[:at]))
+    end = n_ids - len(backend.tokenize(text[at + len(part) :]))
+    return (start, end) if 0 <= start < end <= n_ids else None
+
+
 def user_span(
     backend: Backend, messages: Sequence[Message], text: str, n_ids: int
 ) -> tuple[int, int]:
@@ -52,12 +63,7 @@ def user_span(
     rendered prompt of ``n_ids`` tokens (the whole prompt when the text cannot be located)."""
     users = [m for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)]
     content = str(users[-1]["content"]) if users else ""
-    at = text.rfind(content) if content else -1
-    if at < 0:
-        return 0, n_ids
-    start = len(backend.tokenize(text[:at]))
-    end = n_ids - len(backend.tokenize(text[at + len(content) :]))
-    return (start, end) if 0 <= start < end <= n_ids else (0, n_ids)
+    return token_span(backend, text, content, n_ids) or (0, n_ids)
 
 
 def conversation_feature(

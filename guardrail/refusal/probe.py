@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -31,7 +32,7 @@ from numpy.typing import NDArray
 
 from guardrail.adapters.base import Backend
 from guardrail.errors import ConfigError
-from guardrail.experts.probe import ProbeReport, fit_logistic, probe_harm
+from guardrail.experts.probe import ProbeReport, fit_logistic, probe_harm, token_span
 from guardrail.experts.router_file import ProbeWeights, load_router, save_router
 from guardrail.refusal.base import RefusalResult
 
@@ -60,13 +61,8 @@ def answer_feature(
     text = backend.render(messages, add_generation_prompt=False)
     ids = backend.tokenize(text)
     states = backend.prompt_hidden_states(ids)
-    at = text.rfind(answer) if answer else -1
-    start, end = len(ids) - 1, len(ids)  # an empty or unlocatable answer: its closing token
-    if at >= 0:
-        s = len(backend.tokenize(text[:at]))
-        e = len(ids) - len(backend.tokenize(text[at + len(answer) :]))
-        if 0 <= s < e <= len(ids):
-            start, end = s, e
+    # an empty or unlocatable answer: its closing token
+    start, end = token_span(backend, text, answer, len(ids)) or (len(ids) - 1, len(ids))
     return np.concatenate([states[-1], states[start:end].mean(axis=0)]).astype(np.float32)
 
 
@@ -135,8 +131,6 @@ class RefusalProbeDetector:
         """``P(refusal)`` of each ``(prompt, response)``."""
         if not pairs:
             return np.zeros(0)
-        from contextlib import nullcontext
-
         with self._lock or nullcontext():
             x = np.stack([answer_feature(self.backend, q, r, self.probe.answer_tokens)
                           for q, r in pairs])
