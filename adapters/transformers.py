@@ -141,7 +141,7 @@ class TransformersBackend(Backend):
         trust_remote_code: let transformers run code shipped with the model (off by default).
         reference_mask_token: hide every prompt position holding this token id from attention.
             This reproduces a flaw of the reference AdaCD code (its mask is ``ids != pad`` while
-            pad == eos, papers.md §1.5.1) and exists only to check parity with its outputs.
+            pad == eos, docs/methods.md §1.5.1) and exists only to check parity with its outputs.
     """
 
     name = "transformers"

@@ -122,7 +122,7 @@ def with_system_prompt(messages: Sequence[Message], prompt: str | None) -> list[
 def add_safety_prompt(
     messages: Sequence[Message], safety_prompt: str, *, system_role: bool = True
 ) -> list[dict[str, Any]]:
-    """The extreme-safety stream's messages (papers.md §1.3, streams O and S).
+    """The extreme-safety stream's messages (docs/methods.md §1.3, streams O and S).
 
     With a system role the safety prompt is the system message (appended to an existing one);
     without one it is prefixed to the first user turn, as the reference does for Gemma-2.

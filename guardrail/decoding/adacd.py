@@ -1,6 +1,6 @@
 """AdaCD: adaptive contrastive decoding (Qi et al., ACL 2026, arXiv 2604.17132).
 
-Equations follow the official ``AdaCD.py`` as digested in ``docs/papers.md`` §1.3. Streams:
+Equations follow the official ``AdaCD.py`` as digested in ``docs/methods.md`` §1.3. Streams:
 O = the conversation as given (stream 0), S = the same conversation under the extreme safety
 prompt (stream 1). For the first K generated tokens:
 
@@ -46,7 +46,7 @@ def adacd_logits(
     lam: float,
     beta: float,
 ) -> tuple[NDArray[np.float32], StepInfo]:
-    """One AdaCD step: final logits and the step's decision (papers.md §1.3 steps 2-6).
+    """One AdaCD step: final logits and the step's decision (docs/methods.md §1.3 steps 2-6).
 
     Args:
         z_o: next-token logits of the plain stream O, ``[vocab]``.

@@ -1,6 +1,6 @@
 """Portable expert mixing: experts are token streams, the router weighs their distributions.
 
-MidPO (docs/papers.md §2) mixes a safety expert and a helpfulness expert inside every layer of
+MidPO (docs/methods.md §2) mixes a safety expert and a helpfulness expert inside every layer of
 one model. Any backend can do the next best thing: run each expert as its own token stream (the
 same model under another system prompt, or another model with the same tokenizer) and mix their
 next-token distributions per token with the router's weights (α for safety, β for helpfulness):
@@ -69,7 +69,7 @@ def agreement_weights(z_safety: NDArray[np.floating], z_help: NDArray[np.floatin
     """AdaCD's agreement signal as a router: ``α = A = 1 / (r + 1)``, ``β = 1 − A``.
 
     ``r`` is the rank of the safety expert's top token in the helpfulness expert's logits
-    (papers.md §1.3.2). When the helpful expert would say what the safety expert says, the
+    (docs/methods.md §1.3.2). When the helpful expert would say what the safety expert says, the
     safety expert leads; the more they disagree, the more the helpfulness expert leads.
     """
     a = 1.0 / (rank_of(np.asarray(z_help), int(np.argmax(z_safety))) + 1)

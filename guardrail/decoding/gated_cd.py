@@ -1,6 +1,6 @@
 """Refusal-gated contrastive decoding: AdaCD's contrast applied only to undo an unsure refusal.
 
-A variant of AdaCD (``docs/papers.md`` §1.3; the study is ``docs/overrefusal_study.md``). Streams
+A variant of AdaCD (``docs/methods.md`` §1.3; the study is ``docs/overrefusal_study.md``). Streams
 as in AdaCD: O = the conversation as given (stream 0), S = the same conversation with the safety
 instruction added (stream 1); the engine builds S so that it differs from O by the safety
 instruction alone (the template's default system prompt stays in both). For the first K tokens:

@@ -38,7 +38,7 @@ def plausibility_mask(p: NDArray[np.floating], beta: float) -> NDArray[np.bool_]
 
 
 class Agreement(NamedTuple):
-    """What AdaCD's switch reads from the two streams (papers.md §1.3.2-4)."""
+    """What AdaCD's switch reads from the two streams (docs/methods.md §1.3.2-4)."""
 
     p_o: NDArray[np.float32]  # softmax of the plain stream, for the plausibility mask
     agreement: float  # A = 1 / (rank of argmax z_s in z_o + 1)
@@ -78,7 +78,7 @@ def contrast(
     towards_safety: bool,
     beta: float,
 ) -> NDArray[np.float32]:
-    """``z_s ± α (z_s − z_o)`` with the plausibility mask from ``p_o`` (papers.md §1.3.5-6).
+    """``z_s ± α (z_s − z_o)`` with the plausibility mask from ``p_o`` (docs/methods.md §1.3.5-6).
 
     ``+`` (towards the safety stream) is AdaCD's refusal mode, ``−`` its comply mode; entries
     with ``p_o < β · max p_o`` become ``−inf``.

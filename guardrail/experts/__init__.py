@@ -1,4 +1,4 @@
-"""MidPO-style expert mixing (docs/experts.md, docs/papers.md §2).
+"""MidPO-style expert mixing (docs/experts.md, docs/methods.md §2).
 
 * Faithful mode (transformers): two PEFT LoRA experts on every ``down_proj`` mixed by a per-layer
   router inside the model (:class:`ExpertMix`, :func:`load_mix`).

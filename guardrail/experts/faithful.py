@@ -1,7 +1,7 @@
 """Faithful MidPO mode (transformers): the experts' LoRA deltas mixed inside every MLP.
 
 A forward hook on each layer's ``mlp.down_proj`` (input ``h``, output ``W h``) applies
-papers.md §2.3 / §2.10:
+docs/methods.md §2.3 / §2.10:
 
     out = W h + s · (α(h) · B_s A_s h + β(h) · B_h A_h h)                          (eq. F)
 

@@ -1,6 +1,6 @@
 """Read a PEFT LoRA adapter's ``down_proj`` matrices, one (A, B) pair per decoder layer.
 
-Only what MidPO uses is accepted (papers.md §2.4): plain LoRA on ``down_proj``, no DoRA, no
+Only what MidPO uses is accepted (docs/methods.md §2.4): plain LoRA on ``down_proj``, no DoRA, no
 per-layer rank or alpha patterns, no LoRA bias. Anything else is an :class:`AdapterError`.
 """
 

@@ -1,6 +1,6 @@
 """Per-layer routers of the faithful mode: (α, β) for each token from the down_proj input ``h``.
 
-MidPO's router (papers.md §2.3) scores each expert with an independent sigmoid. Its reference
+MidPO's router (docs/methods.md §2.3) scores each expert with an independent sigmoid. Its reference
 scorer is three stacked linears with no nonlinearity between them, so it folds exactly into
 ``σ(wᵀh + b)`` with ``w = (W2 W1 W0)ᵀ`` and ``b = W2 (W1 b0 + b1) + b2`` (:func:`fold_stacked`).
 """
@@ -16,7 +16,7 @@ def fold_stacked(
     W0: torch.Tensor, b0: torch.Tensor, W1: torch.Tensor, b1: torch.Tensor,
     W2: torch.Tensor, b2: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fold ``Linear(d→m) → Linear(m→d) → Linear(d→1)`` into ``(w [d], b [])`` (papers.md §2.3)."""
+    """Fold ``Linear(d→m) → Linear(m→d) → Linear(d→1)`` into ``(w [d], b [])`` (docs/methods.md §2.3)."""
     W0, b0, W1, b1, W2, b2 = (t.double() for t in (W0, b0, W1, b1, W2, b2))
     w = (W2 @ W1 @ W0).reshape(-1)
     b = (W2 @ (W1 @ b0 + b1) + b2).reshape(())

@@ -18,7 +18,7 @@ class PlainStrategy(Strict):
 
 
 class _ContrastParams(Strict):
-    """Parameters shared by the contrastive strategies (AdaCD's, docs/papers.md §1.3)."""
+    """Parameters shared by the contrastive strategies (AdaCD's, docs/methods.md §1.3)."""
 
     safety_prompt: str = Field(
         DEFAULT_SAFETY_PROMPT,

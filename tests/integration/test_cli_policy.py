@@ -21,7 +21,7 @@ from guardrail.engine import Engine
 from guardrail.policy import load_policy, load_policy_text, with_overrides
 from guardrail.policy.reference import json_schema, markdown_reference
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from guardrail.refusal.agreement import load_labelled, measure
 from guardrail.refusal.judge import JudgeDetector, judge_messages, parse_label
 
 # The project's shared data folder sits next to the checkout.
-SHARED = Path(__file__).resolve().parents[2] / "shared/data/xstest/model_completions"
+SHARED = Path(__file__).resolve().parents[3] / "shared/data/xstest/model_completions"
 
 
 def _completions() -> list[Path]:

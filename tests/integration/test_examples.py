@@ -11,7 +11,7 @@ from langchain_core.messages import AIMessage, ToolMessage
 
 pytest.importorskip("llama_cpp")
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FAST = {"n_threads": 1, "backend": "llamacpp"}
 
 

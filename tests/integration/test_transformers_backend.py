@@ -1,4 +1,4 @@
-"""Flaws of the reference code that the transformers backend fixes (papers.md §1.5), each with a
+"""Flaws of the reference code that the transformers backend fixes (docs/methods.md §1.5), each with a
 test that fails on the flawed behaviour."""
 
 from __future__ import annotations

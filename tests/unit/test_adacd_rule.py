@@ -107,7 +107,7 @@ def test_out_of_range_parameters_are_named(kw: dict[str, float], name: str) -> N
 
 
 def test_rank_is_counted_without_sorting(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The reference sorts the whole vocabulary every step (papers.md §1.5.7); we count."""
+    """The reference sorts the whole vocabulary every step (docs/methods.md §1.5.7); we count."""
     rng = np.random.default_rng(0)
     z_o = rng.normal(size=5000).astype(np.float32)
     z_s = rng.normal(size=5000).astype(np.float32)
@@ -125,7 +125,7 @@ def test_rank_is_counted_without_sorting(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def _textbook_step(z_o: np.ndarray, z_s: np.ndarray, alpha: float, lam: float, beta: float):
-    """The formulas of papers.md §1.3 written out with fresh arrays at every step."""
+    """The formulas of docs/methods.md §1.3 written out with fresh arrays at every step."""
     p_o, p_s = mathops.softmax(z_o), mathops.softmax(z_s)
     a = 1.0 / (int(np.count_nonzero(z_o > z_o[int(np.argmax(z_s))])) + 1)
     conf_o, conf_s = float(p_o.max()), float(p_s.max())

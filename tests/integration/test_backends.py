@@ -17,7 +17,7 @@ from guardrail.engine import get_engine
 from guardrail.errors import ConfigError, ContextOverflowError, ModelNotFoundError, PolicyError
 from guardrail.policy import ModelConfig
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "adacd_reference_smollm2.jsonl"
+GOLDEN = Path(__file__).resolve().parents[3] / "shared" / "golden" / "adacd_reference_smollm2.jsonl"
 MSGS = [{"role": "user", "content": "How can I kill a Python process?"}]
 
 

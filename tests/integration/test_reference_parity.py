@@ -2,7 +2,7 @@
 
 The golden outputs come from the reference code on the embedded model (transformers, fp32, CPU).
 For SmolLM2 the reference's attention mask hides every ``<|im_end|>`` of the prompt, because it
-builds the mask as ``ids != pad`` and pad == eos there (papers.md §1.5.1). The backend reproduces
+builds the mask as ``ids != pad`` and pad == eos there (docs/methods.md §1.5.1). The backend reproduces
 that flaw only when asked (``reference_mask_token``): with it, every case must match token for
 token. Our default, correct mask is compared too, and the agreement is reported, not asserted.
 """
@@ -21,7 +21,7 @@ from guardrail.decoding.loop import FinishEvent, GenerationRequest, decode
 
 pytestmark = pytest.mark.transformers
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "adacd_reference_smollm2.jsonl"
+GOLDEN = Path(__file__).resolve().parents[3] / "shared" / "golden" / "adacd_reference_smollm2.jsonl"
 MARGIN = 1e-3
 
 
