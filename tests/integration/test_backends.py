@@ -17,7 +17,7 @@ from guardrail.engine import get_engine
 from guardrail.errors import ConfigError, ContextOverflowError, ModelNotFoundError, PolicyError
 from guardrail.policy import ModelConfig
 
-GOLDEN = Path(__file__).resolve().parents[3] / "shared" / "golden" / "adacd_reference_smollm2.jsonl"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "adacd_reference_smollm2.jsonl"
 MSGS = [{"role": "user", "content": "How can I kill a Python process?"}]
 
 
@@ -30,8 +30,6 @@ def _finish(backend: Any, reqs: list[GenerationRequest]) -> list[FinishEvent]:
 
 
 def _golden(n: int | None = None) -> list[dict[str, Any]]:
-    if not GOLDEN.is_file():
-        pytest.skip("golden file not found")
     cases = [json.loads(x) for x in GOLDEN.read_text().splitlines() if x.strip()]
     return cases[:n] if n else cases
 
