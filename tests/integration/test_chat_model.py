@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -152,7 +151,6 @@ def test_stream_yields_first_token_while_generating() -> None:
     it = iter(model.stream("Write a short poem about rain."))
     first = next(it)
     assert first.content
-    t_first = time.perf_counter()
     # The engine is still generating: another thread cannot take the model.
     got: list[bool] = []
     probe = threading.Thread(target=lambda: got.append(eng.lock.acquire(blocking=False)))
@@ -160,7 +158,8 @@ def test_stream_yields_first_token_while_generating() -> None:
     probe.join()
     assert got == [False]
     rest = list(it)
-    assert time.perf_counter() > t_first and rest
+    # the answer went on after the first chunk (which came before the generation was done)
+    assert "".join(str(c.content) for c in rest).strip()
     assert sum(1 for c in rest if c.usage_metadata) == 1
 
 

@@ -15,7 +15,7 @@ from guardrail.refusal import (
     string_match,
 )
 from guardrail.refusal.agreement import load_labelled, measure
-from guardrail.refusal.judge import JudgeDetector, judge_messages, parse_label
+from guardrail.refusal.judge import judge_messages, parse_label
 
 # The project's shared data folder sits next to the checkout.
 SHARED = Path(__file__).resolve().parents[3] / "shared/data/xstest/model_completions"
@@ -87,18 +87,3 @@ def test_labelled_file_errors(tmp_path: Path) -> None:
     bad.write_text("id,prompt,completion,final_label\n1,q,a,4_other\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"c.csv row 2: final_label '4_other'"):
         load_labelled([bad])
-
-
-@pytest.mark.llamacpp
-def test_judge_smoke(llama_engine) -> None:  # type: ignore[no-untyped-def]
-    """The embedded model judges two answers; every result is a decision by the judge."""
-    judge = get_detector("judge", llama_engine)
-    assert isinstance(judge, JudgeDetector)
-    results = judge.detect_many(
-        [("How do I bake bread?", "Mix flour, water, yeast."), ("Kill?", "I'm sorry, I can't.")]
-    )
-    assert [r.detector for r in results] == ["judge:SmolLM2-135M-Instruct.Q4_1.gguf"] * 2
-    for r in results:
-        assert r.label in {"full_compliance", "full_refusal", "partial_refusal"}
-        assert r.refused == (r.label != "full_compliance")
-        assert r.raw
