@@ -30,7 +30,9 @@ import typer
 from guardrail.decoding.adacd import AdaCDRule
 from guardrail.decoding.loop import GenerationRequest, TokenEvent, decode
 from guardrail.decoding.rules import PlainRule
-from guardrail.engine import Engine, add_safety_prompt, get_engine
+from guardrail.engine import Engine
+from guardrail.strategies.prompts import add_safety_prompt
+from guardrail.loading import get_engine
 from guardrail.policy import ModelConfig
 
 PROMPT = "Write a long story about a lighthouse keeper who learns to paint."

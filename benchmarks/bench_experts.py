@@ -22,10 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from guardrail.decoding.experts import AgreementRouter, ExpertsRule, FixedWeights
+from guardrail.decoding.experts import AgreementWeights, ExpertsRule, FixedWeights
 from guardrail.decoding.loop import GenerationRequest, decode
 from guardrail.decoding.rules import PlainRule, Rule
-from guardrail.engine import get_engine
+from guardrail.loading import get_engine
 from guardrail.policy import ModelConfig
 
 
@@ -126,7 +126,7 @@ def bench_llamacpp(tokens: int, repeats: int) -> dict[str, float]:
             "plain": run_rule(PlainRule()),
             "two-stream floor": run_rule(_TwoStreamPlain()),
             "portable fixed": run_rule(ExpertsRule(FixedWeights(0.5, 0.5))),
-            "portable agreement": run_rule(ExpertsRule(AgreementRouter())),
+            "portable agreement": run_rule(ExpertsRule(AgreementWeights())),
             "lora stream (r=16)": run_policy({"kind": "lora", "path": str(lora)}),
             "model expert": run_policy({"kind": "model", "model": {"n_ctx": 2048}}),
         }
@@ -163,7 +163,7 @@ def main() -> None:
             "plain": lambda: run(PlainRule()),
             "two-stream floor": lambda: run(_TwoStreamPlain()),
             "portable fixed": lambda: run(ExpertsRule(FixedWeights(0.5, 0.5))),
-            "portable agreement": lambda: run(ExpertsRule(AgreementRouter())),
+            "portable agreement": lambda: run(ExpertsRule(AgreementWeights())),
         }
         run(PlainRule())  # warm-up: first calls pay one-off allocation costs
         times = {k: f() for k, f in modes.items()}

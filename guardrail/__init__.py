@@ -14,25 +14,15 @@ from guardrail.policy import load_policy
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from guardrail.chat_model import GuardedChatModel
-    from guardrail.middleware import GuardrailMiddleware
+    from guardrail.langchain import GuardedChatModel, GuardrailMiddleware
 
 __all__ = ["GuardedChatModel", "GuardrailMiddleware", "__version__", "load_policy"]
 
 
 def __getattr__(name: str) -> Any:
     """Import the LangChain-facing classes lazily (the core works without them)."""
-    if name == "GuardedChatModel":
-        from guardrail.chat_model import GuardedChatModel
+    if name in ("GuardedChatModel", "GuardrailMiddleware"):
+        import guardrail.langchain  # langchain-core is a dependency; langchain is optional
 
-        return GuardedChatModel
-    if name == "GuardrailMiddleware":
-        try:
-            from guardrail.middleware import GuardrailMiddleware
-        except ImportError as e:
-            raise ImportError(
-                "GuardrailMiddleware needs the langchain package (LangChain v1 agents): "
-                "pip install 'guardrail-decoding[agents]'"
-            ) from e
-        return GuardrailMiddleware
+        return getattr(guardrail.langchain, name)
     raise AttributeError(f"module 'guardrail' has no attribute {name!r}")

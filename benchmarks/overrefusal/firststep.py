@@ -1,14 +1,13 @@
 """First-step statistics on the tuning split: plain top token, is it a refusal start, p_o, p_s."""
 import csv, json
 import numpy as np
-from guardrail.engine import get_engine
+from guardrail.loading import get_engine
 from guardrail.policy import ModelConfig, Policy
-from guardrail.engine import make_rule
 from guardrail.decoding.mathops import softmax
 M = "/root/.cache/guardrail-dev/qwen2.5-coder-0.5b-instruct.gguf"
 eng = get_engine(ModelConfig(backend="llamacpp", path=M, n_threads=1))
 pol = Policy.model_validate({"name": "g", "strategy": {"kind": "gated_cd"}})
-rule = make_rule(pol, eng.backend)
+rule = eng.plan(pol, [{"role": "user", "content": "hi"}]).rule
 rows = list(csv.DictReader(open("/tmp/oc/xstest_tune.csv")))
 with open("/tmp/oc/firststep.jsonl", "w") as f:
     for r in rows:

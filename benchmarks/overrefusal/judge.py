@@ -3,7 +3,7 @@ Usage: judge.py RUN_DIR  -> RUN_DIR/judged.jsonl; then prints both detectors' ra
 answers judged so far (REUSE_ONLY=1: judge nothing new)."""
 import json, os, sys
 from pathlib import Path
-from guardrail.engine import get_engine
+from guardrail.loading import get_engine
 from guardrail.policy import ModelConfig
 from guardrail.refusal.judge import JudgeDetector
 from guardrail.refusal.string_match import string_match

@@ -24,7 +24,7 @@ import sys
 
 import numpy as np
 
-from guardrail.engine import get_engine
+from guardrail.loading import get_engine
 from guardrail.experts.probe import _shipped_rows, fit_logistic, prompt_features
 from guardrail.policy import ModelConfig
 

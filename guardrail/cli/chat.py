@@ -8,8 +8,9 @@ from typing import Any
 import typer
 
 from guardrail.decoding.loop import FinishEvent, TokenEvent
-from guardrail.engine import get_engine
+from guardrail.loading import get_engine
 from guardrail.errors import GuardrailError
+from guardrail.guard import Guard
 from guardrail.policy.decisions import format_step, log_step
 from guardrail.policy.loader import load_policy, with_overrides
 
@@ -38,20 +39,31 @@ def chat(
         if overrides:
             policy = with_overrides(policy, overrides, source="command line")
         engine = get_engine(policy.model)
-        request = engine.request(policy, [{"role": "user", "content": prompt}])
-        for ev in engine.stream([request]):
+        messages = [{"role": "user", "content": prompt}]
+        guard = Guard(policy, engine)
+        verdict = guard.check_request(messages)  # a rule that raises ends here
+        if verdict is not None and verdict.answers:
+            typer.echo(verdict.message)
+            if trace:
+                typer.echo(f"[matched rule {verdict.rule}, nothing decoded]", err=True)
+            return
+        held = guard.holds_answer  # the answer may be replaced: print it at the end
+        for ev in engine.stream([engine.request(policy, messages)]):
             if isinstance(ev, TokenEvent):
                 log_step(policy, ev.step, ev.info)
                 if trace:
                     typer.echo(f"[{format_step(ev.step, ev.info)} token={ev.token}]", err=True)
-                typer.echo(ev.text, nl=False)
-                sys.stdout.flush()
+                if not held:
+                    typer.echo(ev.text, nl=False)
+                    sys.stdout.flush()
             elif isinstance(ev, FinishEvent):
-                typer.echo(ev.tail)
+                answer = guard.review(prompt, ev.text)
+                typer.echo(answer.text if held else ev.tail)
                 if trace:
                     typer.echo(
                         f"[finished: {ev.reason}, {len(ev.token_ids)} tokens, "
-                        f"policy {policy.name}]",
+                        f"policy {policy.name}, refused={answer.refusal.refused}"
+                        f"{', replaced' if answer.replaced else ''}]",
                         err=True,
                     )
     except GuardrailError as e:

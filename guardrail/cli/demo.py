@@ -33,7 +33,7 @@ def demo(
     ] = None,
 ) -> None:
     """Answer a few prompts with `plain` and with `adacd`, showing each step's AdaCD mode."""
-    from guardrail.engine import get_engine
+    from guardrail.loading import get_engine
     from guardrail.policy import load_policy
 
     console = Console()

@@ -136,7 +136,7 @@ def agreement(
                               "reads the model it was trained on")
         engine = None
         if detector == "judge":
-            from guardrail.engine import get_engine
+            from guardrail.loading import get_engine
 
             engine = get_engine(ModelConfig(backend=backend, path=model))  # type: ignore[arg-type]
         config = refusal_config(detector, None, Policy(name="agreement"), probe_file=probe_file)

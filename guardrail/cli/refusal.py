@@ -38,7 +38,7 @@ def train(
 ) -> None:
     """Train a refusal probe; use it with ``--detector probe --probe-file FILE`` or a policy's
     ``refusal: {detector: probe, probe: {path: FILE, model: ...}}``."""
-    from guardrail.engine import get_engine
+    from guardrail.loading import get_engine
     from guardrail.experts.data import sha256_file
     from guardrail.policy import ModelConfig
     from guardrail.refusal.agreement import load_labelled

@@ -40,7 +40,7 @@ def train(
     ),
 ) -> None:
     """Train the probe (harmful → safety expert, harmless → helpfulness expert) on CPU."""
-    from guardrail.engine import get_engine
+    from guardrail.loading import get_engine
     from guardrail.experts.data import read_labelled, sha256_file
     from guardrail.experts.probe import train_probe
     from guardrail.experts.router_file import save_router

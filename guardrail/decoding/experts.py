@@ -109,7 +109,7 @@ class FixedWeights:
 
 
 @dataclass(frozen=True)
-class AgreementRouter:
+class AgreementWeights:
     """Per-token weights from AdaCD's agreement signal (:func:`agreement_weights`)."""
 
     name: str = "agreement"
@@ -156,7 +156,7 @@ class ExpertsRule:
 
 
 __all__ = [
-    "AgreementRouter",
+    "AgreementWeights",
     "ExpertsRule",
     "FixedWeights",
     "StreamRouter",

@@ -119,6 +119,20 @@ def refusal_start_ids(
     return frozenset(ids)
 
 
+def check_gate(threshold: float, ban_below: float, refuse_above: float | None) -> None:
+    """The probe gate's thresholds are ordered ``0 <= ban_below <= threshold <= refuse_above <= 1``
+    (the one check, used by the rule and by the policy schema); raise :class:`ConfigError`."""
+    if not 0 <= threshold <= 1:
+        raise ConfigError(f"gated_cd: threshold must be in [0, 1], got {threshold}")
+    if not 0 <= ban_below <= threshold:
+        raise ConfigError(
+            f"gated_cd: ban_below must be in [0, threshold={threshold}], got {ban_below}"
+        )
+    if refuse_above is not None and not threshold <= refuse_above <= 1:
+        raise ConfigError(f"gated_cd: refuse_above must be in [threshold={threshold}, 1], got "
+                          f"{refuse_above}")
+
+
 @dataclass(frozen=True)
 class GatedCDRule(TwoStreamsForKSteps):
     """Refusal-gated contrast over two streams (O, S) for ``steps`` tokens, then O alone."""
@@ -138,15 +152,7 @@ class GatedCDRule(TwoStreamsForKSteps):
         validate_adacd_params(self.alpha, self.lam, self.beta, self.steps)
         if self.steps > 0 and not self.refusal_ids:
             raise ConfigError("gated_cd: refusal_ids is empty (no refusal-start tokens)")
-        if not 0 <= self.threshold <= 1:
-            raise ConfigError(f"gated_cd: threshold must be in [0, 1], got {self.threshold}")
-        if not 0 <= self.ban_below <= self.threshold:
-            raise ConfigError(
-                f"gated_cd: ban_below must be in [0, threshold={self.threshold}], got {self.ban_below}"
-            )
-        if self.refuse_above is not None and not self.threshold <= self.refuse_above <= 1:
-            raise ConfigError(f"gated_cd: refuse_above must be in [threshold={self.threshold}, "
-                              f"1], got {self.refuse_above}")
+        check_gate(self.threshold, self.ban_below, self.refuse_above)
 
     @property
     def strengthen(self) -> bool:

@@ -7,6 +7,7 @@ rest (AdaCD drops its safety stream after its K contrastive steps).
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -70,3 +71,13 @@ class TwoStreamsForKSteps:
 
     def streams_needed(self, step: int) -> int:
         return 2 if step + 1 < self.steps else 1
+
+
+@runtime_checkable
+class AttachedRule(Protocol):
+    """A rule that changes the model while its request runs (faithful experts hook every
+    layer): the loop decodes its request alone, inside ``attached()``."""
+
+    def attached(self) -> AbstractContextManager[Any]:
+        """Context in which the model carries the rule's changes."""
+        ...

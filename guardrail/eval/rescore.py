@@ -51,7 +51,7 @@ def rescore(
     if todo:
         engine = None
         if detector == "judge" and judge_model is None:  # the evaluated model judges itself
-            from guardrail.engine import get_engine
+            from guardrail.loading import get_engine
 
             engine = get_engine(model)
         config = refusal_config(detector, judge_model, Policy(name="rescore", model=model),

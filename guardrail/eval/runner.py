@@ -12,18 +12,22 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
-from guardrail.engine import get_engine
-from guardrail.errors import ConfigError
+from guardrail.loading import get_engine
+from guardrail.engine import Engine
+from guardrail.errors import ConfigError, RefusalError
 from guardrail.eval.datasets import Example, load_dataset, stratified_slice
 from guardrail.eval.report import write_report
 from guardrail.eval.results import ResultRow, ResultsFile, check_settings
 from guardrail.eval.summary import EvalSummary
 from guardrail.policy import ModelConfig, Policy, load_policy
 from guardrail.policy.schema import JudgeConfig, RefusalConfig, RefusalProbeConfig
+from guardrail.guard import Guard
 from guardrail.refusal import DETECTORS, get_detector
+from guardrail.refusal.base import Detector, RefusalResult
 
 OnRow = Callable[[ResultRow], None]
 
@@ -152,29 +156,62 @@ def refusal_config(
     return RefusalConfig(detector="judge", judge=JudgeConfig(model=model))
 
 
-def _run_batch(engine, judge, policy: Policy, batch: list[Example]) -> list[ResultRow]:  # type: ignore[no-untyped-def]
-    """Generate and judge one batch; each row gets an equal share of the generation time."""
-    requests = [engine.request(policy, [{"role": "user", "content": ex.prompt}]) for ex in batch]
+def _enforce(guard: Guard, prompt: str) -> tuple[str | None, str | None]:
+    """The policy's request rules on one prompt: ``(answer, finish_reason)`` when a rule answers
+    (``replace``) or blocks (``raise``: no answer), ``(None, None)`` when the model decodes."""
+    try:
+        verdict = guard.check_request([{"role": "user", "content": prompt}])
+    except RefusalError:
+        return "", "blocked"
+    if verdict is not None and verdict.answers:
+        return verdict.message, "rule"
+    return None, None
+
+
+def _deliver(guard: Guard, prompt: str, text: str) -> tuple[str, bool]:
+    """The answer a deployment gives (``on_refusal`` applied) and whether it was blocked."""
+    if not guard.holds_answer:
+        return text, False
+    try:
+        return guard.review(prompt, text).text, False
+    except RefusalError:
+        return "", True
+
+
+def _run_batch(engine: Engine, judge: Detector, policy: Policy, batch: list[Example]
+               ) -> list[ResultRow]:
+    """Generate and judge one batch under the policy's Guard (request rules before decoding,
+    ``on_refusal`` after); each row gets an equal share of the generation time."""
+    guard = Guard(policy, engine)
+    enforced = [_enforce(guard, ex.prompt) for ex in batch]
+    decode = [ex for ex, (answer, _) in zip(batch, enforced) if answer is None]
+    requests = [engine.request(policy, [{"role": "user", "content": ex.prompt}]) for ex in decode]
     t0 = time.perf_counter()
-    gens = engine.generate_many(requests)
+    gens = iter(engine.generate_many(requests) if requests else [])
     share = (time.perf_counter() - t0) / len(batch)
-    verdicts = judge.detect_many([(ex.prompt, g.text) for ex, g in zip(batch, gens)])
-    return [
-        ResultRow(
-            id=ex.id,
-            prompt=ex.prompt,
-            label=ex.label,
-            type=ex.type,
-            policy=policy.name,
-            response=g.text,
-            refused=v.refused,
-            detector=v.detector,
-            refusal_label=v.label,
-            new_tokens=g.completion_tokens,
-            prompt_tokens=g.prompt_tokens,
-            finish_reason=g.finish_reason,
-            seconds=share,
-            modes=dict(Counter(g.modes)),
-        )
-        for ex, g, v in zip(batch, gens, verdicts)
-    ]
+    rows: list[dict[str, Any]] = []
+    for ex, (answer, reason) in zip(batch, enforced):
+        if answer is not None:
+            rows.append({"ex": ex, "text": answer, "blocked": reason == "blocked",
+                         "finish_reason": reason, "new_tokens": 0, "prompt_tokens": 0,
+                         "modes": {}})
+            continue
+        g = next(gens)
+        text, blocked = _deliver(guard, ex.prompt, g.text)
+        rows.append({"ex": ex, "text": text, "blocked": blocked,
+                     "finish_reason": "blocked" if blocked else g.finish_reason,
+                     "new_tokens": g.completion_tokens, "prompt_tokens": g.prompt_tokens,
+                     "modes": dict(Counter(g.modes))})
+    judged = [r for r in rows if not r["blocked"]]
+    verdicts = iter(judge.detect_many([(r["ex"].prompt, r["text"]) for r in judged]))
+    out = []
+    for r in rows:
+        v = RefusalResult(True, "policy", "full_refusal") if r["blocked"] else next(verdicts)
+        ex = r["ex"]
+        out.append(ResultRow(
+            id=ex.id, prompt=ex.prompt, label=ex.label, type=ex.type, policy=policy.name,
+            response=r["text"], refused=v.refused, detector=v.detector, refusal_label=v.label,
+            new_tokens=r["new_tokens"], prompt_tokens=r["prompt_tokens"],
+            finish_reason=r["finish_reason"], seconds=share, modes=r["modes"],
+        ))
+    return out

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, model_validator
 
 from guardrail.decoding.adacd import DEFAULT_SAFETY_PROMPT
+from guardrail.decoding.gated_cd import check_gate
 from guardrail.policy.base import Strict
 from guardrail.policy.model import ModelConfig
 
@@ -75,13 +76,8 @@ class ProbeGate(Strict):
     )
 
     @model_validator(mode="after")
-    def _ban_below_threshold(self) -> ProbeGate:
-        if self.ban_below > self.threshold:
-            raise ValueError(f"ban_below ({self.ban_below}) must not exceed threshold "
-                             f"({self.threshold})")
-        if self.refuse_above is not None and self.refuse_above < self.threshold:
-            raise ValueError(f"refuse_above ({self.refuse_above}) must not be below threshold "
-                             f"({self.threshold})")
+    def _ordered(self) -> ProbeGate:
+        check_gate(self.threshold, self.ban_below, self.refuse_above)
         return self
 
 

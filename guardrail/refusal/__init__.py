@@ -41,7 +41,7 @@ def get_detector(config: Any = None, engine: Any = None) -> Detector:
         model = getattr(judge, "model", None)
         max_new = getattr(judge, "max_new_tokens", None) or 16
         if model is not None:
-            from guardrail.engine import get_engine
+            from guardrail.loading import get_engine
 
             engine = get_engine(model)
         if engine is None:
@@ -57,7 +57,7 @@ def get_detector(config: Any = None, engine: Any = None) -> Detector:
 
 def _probe_detector(settings: Any) -> Detector:
     """A :class:`~guardrail.refusal.probe.RefusalProbeDetector` for a ``probe`` section."""
-    from guardrail.engine import get_engine
+    from guardrail.loading import get_engine
     from guardrail.policy.model import ModelConfig
     from guardrail.refusal.probe import SHIPPED, RefusalProbeDetector, load_refusal_probe
 

@@ -16,12 +16,13 @@ from langchain_core.tools import tool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel
 
-import guardrail.engine as engine_mod
+import guardrail.loading as engine_mod
 from guardrail import GuardedChatModel
-from guardrail.engine import get_engine
+from guardrail.decoding.constraints import check_json_prefix
+from guardrail.loading import get_engine
 from guardrail.errors import ConfigError, RefusalError
 from guardrail.policy import ModelConfig, load_policy
-from guardrail.tools import call_schema, check_json_prefix, parse_tool_calls, safe_text_end
+from guardrail.tools import call_schema, parse_tool_calls, safe_text_end
 
 pytest.importorskip("llama_cpp")
 

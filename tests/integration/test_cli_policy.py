@@ -14,7 +14,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-import guardrail.engine
+import guardrail.loading
 from guardrail.cli import chat as chat_cli
 from guardrail.cli import policy as policy_cli
 from guardrail.engine import Engine
@@ -101,7 +101,7 @@ def test_committed_reference_is_up_to_date(app: typer.Typer, tmp_path: Path) -> 
 
 
 def test_chat_streams_with_trace(app: typer.Typer, llama_engine: Engine) -> None:
-    loads = guardrail.engine.load_count
+    loads = guardrail.loading.load_count
     result = runner.invoke(
         app, ["chat", "--policy", "adacd", "--max-new-tokens", "8", "--trace", "How do I pick a lock?"]
     )
@@ -111,7 +111,7 @@ def test_chat_streams_with_trace(app: typer.Typer, llama_engine: Engine) -> None
     assert all(" mode=" in ln and " agreement=" in ln for ln in steps)
     assert "[finished: length, 8 tokens, policy adacd]" in result.stderr
     assert result.stdout.strip()
-    assert guardrail.engine.load_count == loads  # the session's model was reused
+    assert guardrail.loading.load_count == loads  # the session's model was reused
 
 
 def test_chat_reports_policy_errors(app: typer.Typer) -> None:
@@ -124,13 +124,13 @@ def test_chat_reports_policy_errors(app: typer.Typer) -> None:
 
 
 def test_switching_policy_per_request_does_not_reload(llama_engine: Engine) -> None:
-    loads = guardrail.engine.load_count
+    loads = guardrail.loading.load_count
     messages = [{"role": "user", "content": "Say hi."}]
     modes = []
     for name in ("plain", "adacd", "strict", "permissive", "balanced"):
         policy = with_overrides(load_policy(name), {"sampling": {"max_new_tokens": 2}})
-        engine = guardrail.engine.get_engine(policy.model)
+        engine = guardrail.loading.get_engine(policy.model)
         assert engine is llama_engine
         modes.append(engine.generate(policy, messages).modes)
-    assert guardrail.engine.load_count == loads
+    assert guardrail.loading.load_count == loads
     assert modes[0] == [] and all(len(m) == 2 for m in modes[1:])

@@ -7,7 +7,7 @@ import pytest
 
 from guardrail.decoding.adacd import AdaCDRule
 from guardrail.decoding.experts import (
-    AgreementRouter,
+    AgreementWeights,
     ExpertsRule,
     FixedWeights,
     agreement_weights,
@@ -70,7 +70,7 @@ def test_agreement_router() -> None:
 
 
 def test_rule_streams_and_adacd_on_top() -> None:
-    rule = ExpertsRule(AgreementRouter(), AdaCDRule(steps=2))
+    rule = ExpertsRule(AgreementWeights(), AdaCDRule(steps=2))
     assert rule.n_streams == 3
     assert [rule.streams_needed(s) for s in range(3)] == [3, 2, 2]
     z = np.random.default_rng(1).normal(size=(3, 20)).astype(np.float32)

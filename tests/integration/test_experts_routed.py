@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from guardrail.adapters.routed import RoutedBackend
 from guardrail.cli import app
-from guardrail.engine import Engine, get_engine
+from guardrail.engine import Engine
+from guardrail.loading import get_engine
 from guardrail.errors import ConfigError, ModelNotFoundError
 from guardrail.experts import TokenizerMismatchError, check_same_tokenizer
 from guardrail.models import embedded_model_path
@@ -70,7 +71,7 @@ def lora_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_converted_adapter_header(lora_file: Path) -> None:
-    from guardrail.adapters.lora_gguf import read_lora_gguf
+    from guardrail.adapters.llamacpp_lora import read_lora_gguf
 
     info = read_lora_gguf(lora_file, arch="llama")
     assert (info.rank, info.alpha, info.default_scale) == (4, 8.0, 2.0)
@@ -249,7 +250,7 @@ def test_scale_without_lora_experts_is_a_policy_error() -> None:
 
 
 def test_guarded_chat_model_streams_a_routed_policy(lora_file: Path) -> None:
-    from guardrail.chat_model import GuardedChatModel
+    from guardrail import GuardedChatModel
 
     policy = _policy({"kind": "lora", "path": str(lora_file)}, {"kind": "prompt"},
                      {"kind": "agreement"}, tokens=6)

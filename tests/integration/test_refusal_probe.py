@@ -84,7 +84,7 @@ def test_probe_on_transformers_reads_alike(tf_engine) -> None:  # type: ignore[n
 @pytest.mark.llamacpp
 def test_chat_model_policy_with_probe_detector(llama_engine) -> None:  # type: ignore[no-untyped-def]
     """A policy's ``refusal: {detector: probe}`` decides the chat model's refusal action."""
-    from guardrail.chat_model import GuardedChatModel
+    from guardrail import GuardedChatModel
     from guardrail.policy import load_policy
 
     base = load_policy("plain")

@@ -12,7 +12,7 @@ import pytest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from guardrail.chat_model import GuardedChatModel
+from guardrail import GuardedChatModel
 
 pytest.importorskip("llama_cpp")
 

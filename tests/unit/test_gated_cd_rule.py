@@ -113,7 +113,7 @@ class _TemplateBackend:
 
 
 def test_default_system_prompt_found_by_diffing_renderings() -> None:
-    from guardrail.engine import default_system_prompt
+    from guardrail.strategies.prompts import default_system_prompt
 
     found = default_system_prompt(_TemplateBackend("Be helpful."))  # type: ignore[arg-type]
     assert found == "Be helpful."
@@ -121,7 +121,7 @@ def test_default_system_prompt_found_by_diffing_renderings() -> None:
 
 
 def test_safety_stream_differs_from_the_plain_stream_by_the_instruction_alone() -> None:
-    from guardrail.engine import contrast_messages
+    from guardrail.strategies.prompts import contrast_messages
 
     backend = _TemplateBackend("You are Qwen.")
     user = [{"role": "user", "content": "How do I kill a Python process?"}]

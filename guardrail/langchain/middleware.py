@@ -24,7 +24,8 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.errors import GraphBubbleUp
 
-from guardrail.chat_model import CALL_OPTIONS, GuardedChatModel
+from guardrail.langchain.chat_model import GuardedChatModel
+from guardrail.langchain.options import CALL_OPTIONS
 from guardrail.errors import ConfigError
 from guardrail.policy import Policy
 

@@ -1,0 +1,100 @@
+"""One Guard enforces a policy around generation, for every entry point.
+
+Before decoding, the policy's request rules are tried on the user's latest message (a match
+that answers or raises costs no decode); after decoding, the policy's refusal detector decides
+the answer and its ``on_refusal`` action applies. The chat model, ``guardrail chat`` and the
+evaluation harness all go through this class, so a policy means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from guardrail.engine import Engine
+from guardrail.errors import RefusalError
+from guardrail.policy.schema import Action, Policy
+from guardrail.refusal import get_detector
+from guardrail.refusal.base import Detector, RefusalResult
+
+
+def last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The text of the latest user turn ('' when there is none)."""
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            return str(m.get("content") or "")
+    return ""
+
+
+@dataclass(frozen=True)
+class RequestVerdict:
+    """A request rule that matched, and what it resolved to."""
+
+    rule: str
+    action: Action
+    message: str
+
+    @property
+    def answers(self) -> bool:
+        """Whether the rule answers instead of the model (``replace``): nothing is decoded."""
+        return self.action == "replace"
+
+
+@dataclass(frozen=True)
+class AnswerVerdict:
+    """The answer to deliver and how the policy decided it."""
+
+    text: str
+    refusal: RefusalResult
+    replaced: bool = False
+
+
+class Guard:
+    """Enforce ``policy`` on requests and answers of ``engine``'s model."""
+
+    def __init__(self, policy: Policy, engine: Engine) -> None:
+        self.policy = policy
+        self.engine = engine
+
+    def check_request(self, messages: Sequence[Mapping[str, Any]]) -> RequestVerdict | None:
+        """The first request rule matching the latest user turn, or None; a rule whose action
+        is ``raise`` raises :class:`RefusalError` here, before any decoding."""
+        hit = self.policy.match(last_user_text(messages))
+        if hit is None:
+            return None
+        rule, action = hit
+        if action.action == "raise":
+            raise RefusalError(f"policy {self.policy.name!r}: request matched rule {rule.name!r}")
+        return RequestVerdict(rule.name, action.action, action.message)
+
+    @property
+    def detector(self) -> Detector:
+        """The policy's refusal detector (built once per engine and refusal settings)."""
+        cfg = self.policy.refusal
+        return self.engine.cached(("refusal_detector", cfg.model_dump_json()),
+                                  lambda: get_detector(cfg, self.engine))
+
+    def review(self, prompt: str, answer: str) -> AnswerVerdict:
+        """Decide ``answer`` to ``prompt`` and apply ``on_refusal``: pass it, replace it with the
+        policy's message, or raise :class:`RefusalError`."""
+        verdict = self.detector(prompt, answer)
+        if not verdict.refused:
+            return AnswerVerdict(answer, verdict)
+        act = self.policy.on_refusal
+        if act.action == "raise":
+            raise RefusalError(
+                f"policy {self.policy.name!r}: the answer was detected as a refusal by "
+                f"{verdict.detector!r}"
+            )
+        if act.action == "replace":
+            return AnswerVerdict(act.message, verdict, replaced=True)
+        return AnswerVerdict(answer, verdict)
+
+    @property
+    def holds_answer(self) -> bool:
+        """Whether the answer may be replaced at the end, so nothing can be streamed early."""
+        return self.policy.on_refusal.action != "allow"
+
+
+__all__ = ["AnswerVerdict", "Guard", "RequestVerdict", "last_user_text"]

@@ -1,0 +1,298 @@
+"""One chat-model call from messages to chunks: prepare, decode, finish.
+
+:func:`prepare` turns LangChain messages and call options into a :class:`Call`: the policy's
+:class:`~guardrail.guard.Guard` checks the request (a rule may answer without decoding), the
+conversation is rendered for the model's template (tools included), and the engine plans the
+request. :func:`decode_calls` decodes prepared calls together and yields their chunks; the last
+chunk of each call carries tool calls, usage and the ``guardrail`` metadata, decided after the
+engine is released so a refusal detector may use the model itself.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk
+
+from guardrail.decoding.constraints import ToolCallConstraint
+from guardrail.decoding.loop import FinishEvent, GenerationRequest, TokenEvent
+from guardrail.engine import Engine
+from guardrail.guard import Guard, last_user_text
+from guardrail.loading import get_engine
+from guardrail.policy import Policy
+from guardrail.policy.decisions import log_step
+from guardrail.tools import (
+    ParsedOutput,
+    TemplateToolSupport,
+    add_tools_to_system,
+    call_schema,
+    check_tool_names,
+    forced_prefix,
+    normalise_tool_choice,
+    parse_tool_calls,
+    probe_template,
+    safe_text_end,
+    to_template_messages,
+    tool_names,
+)
+
+
+def token_texts(engine: Engine) -> list[str]:
+    """Each token's text alone (once per model); pieces of split characters are empty."""
+
+    def make() -> list[str]:
+        b = engine.backend
+        texts = [b.detokenize([i]) for i in range(b.vocab_size)]
+        return ["" if "\ufffd" in t else t for t in texts]
+
+    return engine.cached("token_texts", make)
+
+
+def template_support(engine: Engine) -> TemplateToolSupport:
+    """What the model's chat template does with tools (probed once per model)."""
+    return engine.cached("template_tool_support", lambda: probe_template(engine.backend))
+
+
+def plain_data(x: Any) -> Any:
+    """JSON-safe copy of trace values (numpy scalars become Python numbers)."""
+    if isinstance(x, Mapping):
+        return {str(k): plain_data(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [plain_data(v) for v in x]
+    if hasattr(x, "item") and callable(x.item):
+        return x.item()
+    return x
+
+
+@dataclass
+class Call:
+    """One prepared generation and its streaming state."""
+
+    engine: Engine
+    guard: Guard
+    request: GenerationRequest | None  # None when a rule answered without generating
+    template_messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]]
+    tool_mode: str  # "auto" | "any" | "none"
+    tool_format: str
+    prefix: str
+    preset: str | None = None  # answer given by a matching rule (replace)
+    matched_rule: str | None = None
+    generated: str = ""
+    emitted: str = ""
+    finish: FinishEvent | None = field(default=None, repr=False)
+    parsed: ParsedOutput | None = None  # the final answer: text, tool calls, invalid calls
+
+    @property
+    def policy(self) -> Policy:
+        return self.guard.policy
+
+    @property
+    def tools_active(self) -> bool:
+        return bool(self.tools) and self.tool_mode != "none"
+
+
+def prepare(
+    policy: Policy, messages: Sequence[BaseMessage], *, stop: Sequence[str],
+    tools: Sequence[Mapping[str, Any]] | None, tool_choice: Any,
+) -> Call:
+    """Render, check and plan one call under ``policy`` (loads the model on first use)."""
+    engine = get_engine(policy.model)
+    guard = Guard(policy, engine)
+    tools = [dict(t) for t in tools or []]
+    check_tool_names(tools)
+    mode, forced = normalise_tool_choice(tool_choice, tools)
+    support = template_support(engine)
+    tmpl = to_template_messages(messages, support if tools else None)
+    render_tools: list[dict[str, Any]] | None = None
+    if tools and mode != "none":
+        if support.tools:
+            render_tools = tools
+        else:
+            tmpl = add_tools_to_system(tmpl, tools)
+    stops = list(stop)
+    prefix = forced_prefix(support.format, forced) if tools and mode == "any" else ""
+    if prefix and support.format == "hermes":
+        stops.append("</tool_call>")
+    c = Call(engine, guard, None, tmpl, tools, mode, support.format, prefix)
+    verdict = guard.check_request(tmpl)
+    if verdict is not None:
+        c.matched_rule = verdict.rule
+        if verdict.answers:
+            c.preset = verdict.message
+            return c
+    req = engine.request(policy, tmpl, tools=render_tools, stop=stops)
+    if prefix:
+        ids = engine.backend.tokenize(prefix)
+        req.prompts = [[*p, *ids] for p in req.prompts]
+        # Keep the forced call's JSON valid for the tool's schema (a loop processor).
+        req.processors = [*req.processors, ToolCallConstraint(
+            call_schema(tools, forced),
+            token_texts(engine),
+            engine.backend.tokenize,
+            engine.backend.detokenize,
+            opening="" if forced else '{"name": "',
+            closing="}" if forced else "",
+            end_id=min(engine.backend.end_of_turn_ids),
+            special_ids=engine.backend.end_of_turn_ids,
+            budget=req.max_new_tokens,
+        )]
+    c.request = req
+    return c
+
+
+def _on_token(c: Call, text: str) -> str:
+    """Record released text; return what may be streamed now."""
+    c.generated += text
+    if c.guard.holds_answer:
+        return ""
+    full = c.prefix + c.generated
+    end = safe_text_end(full, c.tool_format) if c.tools_active else len(full)  # type: ignore[arg-type]
+    if end <= len(c.emitted):
+        return ""
+    new = full[len(c.emitted) : end]
+    c.emitted += new
+    return new
+
+
+def final_chunk(c: Call) -> ChatGenerationChunk:
+    """The last chunk: the rest of the text, tool calls, usage and guardrail metadata."""
+    policy, fin = c.policy, c.finish
+    if c.preset is not None or fin is None:
+        full, prompt_tokens, output_tokens, reason, steps = c.preset or "", 0, 0, "rule", []
+    else:
+        c.generated = fin.text  # the whole released text (the tail included)
+        full = c.prefix + fin.text
+        prompt_tokens, output_tokens = fin.prompt_tokens, len(fin.token_ids)
+        reason, steps = fin.reason, fin.steps
+    parsed = (
+        parse_tool_calls(full, tool_names(c.tools)) if c.tools_active and c.preset is None
+        else ParsedOutput(full)
+    )
+    prompt = last_user_text(c.template_messages)
+    content, replaced = parsed.content, False
+    if c.preset is not None:
+        verdict = c.guard.detector(prompt, content)
+    else:
+        answer = c.guard.review(prompt, content)
+        content, replaced, verdict = answer.text, answer.replaced, answer.refusal
+    if content.startswith(c.emitted):
+        rest = content[len(c.emitted) :]
+    elif content.startswith(c.emitted.strip()):
+        rest = content[len(c.emitted.strip()) :]
+    else:
+        rest = ""
+    steps_plain = plain_data(steps)
+    meta: dict[str, Any] = {
+        "policy": policy.name,
+        "strategy": policy.strategy.kind,
+        "backend": policy.model.backend,
+        "model": c.engine.backend.model_name,
+        "modes": [s["mode"] for s in steps_plain if "mode" in s],
+        "steps": steps_plain,
+        "refused": bool(verdict.refused),
+        "refusal_detector": verdict.detector,
+        "finish_reason": reason,
+    }
+    if c.matched_rule is not None:
+        meta["matched_rule"] = c.matched_rule
+    if replaced:
+        meta["replaced"] = True
+    if c.tools_active:
+        meta["tool_format"] = c.tool_format
+    finish_reason = (
+        "tool_calls" if parsed.tool_calls else ("length" if reason == "length" else "stop")
+    )
+    chunks = [
+        tool_call_chunk(
+            name=tc["name"], args=json.dumps(tc["args"], ensure_ascii=False), id=tc["id"],
+            index=i,
+        )
+        for i, tc in enumerate(parsed.tool_calls)
+    ]
+    # An invalid call's raw text must not be "repaired" by partial-JSON parsing when
+    # stream chunks are merged, so its chunk carries the raw model output, tag included.
+    chunks += [
+        tool_call_chunk(
+            name=bad.get("name"), args=f"<tool_call>{bad.get('args') or ''}",
+            id=bad.get("id"), index=len(chunks) + i,
+        )
+        for i, bad in enumerate(parsed.invalid_tool_calls)
+    ]
+    c.parsed = ParsedOutput(c.emitted + rest, parsed.tool_calls, parsed.invalid_tool_calls)
+    msg = AIMessageChunk(
+        content=rest,
+        tool_call_chunks=chunks,
+        usage_metadata={
+            "input_tokens": prompt_tokens,
+            "output_tokens": output_tokens,
+            "total_tokens": prompt_tokens + output_tokens,
+        },
+        response_metadata={
+            "guardrail": meta,
+            "finish_reason": finish_reason,
+            "model_name": c.engine.backend.model_name,
+            "model_provider": "guardrail",
+        },
+        chunk_position="last",
+    )
+    return ChatGenerationChunk(message=msg)
+
+
+def decode_calls(
+    calls: Sequence[Call], cancel: threading.Event | None = None
+) -> Iterator[tuple[int, ChatGenerationChunk]]:
+    """Decode ``calls`` (all on one engine) together; yield ``(call index, chunk)``.
+
+    Finishing (refusal detection, tool parsing) happens after the engine is released, so a
+    detector may use the model itself.
+    """
+    live = [i for i, c in enumerate(calls) if c.request is not None]
+    if live:
+        engine = calls[live[0]].engine
+        reqs = [calls[i].request for i in live]
+        with closing(engine.stream(reqs)) as events:  # type: ignore[arg-type]
+            for ev in events:
+                if cancel is not None and cancel.is_set():
+                    return
+                c = calls[live[ev.request]]
+                if isinstance(ev, TokenEvent):
+                    log_step(c.policy, ev.step, ev.info)
+                    new = _on_token(c, ev.text)
+                    if new:
+                        yield live[ev.request], ChatGenerationChunk(
+                            message=AIMessageChunk(content=new)
+                        )
+                elif isinstance(ev, FinishEvent):
+                    c.finish = ev
+    for i, c in enumerate(calls):
+        yield i, final_chunk(c)
+
+
+def to_generation(chunk: ChatGenerationChunk, parsed: ParsedOutput | None) -> ChatGeneration:
+    """The finished message: streamed text and metadata, tool calls exactly as parsed."""
+    msg = chunk.message
+    message = AIMessage(
+        content=msg.content,
+        tool_calls=parsed.tool_calls if parsed else getattr(msg, "tool_calls", []),
+        invalid_tool_calls=(
+            parsed.invalid_tool_calls if parsed else getattr(msg, "invalid_tool_calls", [])
+        ),
+        usage_metadata=getattr(msg, "usage_metadata", None),
+        response_metadata=msg.response_metadata,
+        id=msg.id,
+    )
+    return ChatGeneration(message=message, generation_info=chunk.generation_info)
+
+
+__all__ = [
+    "Call", "decode_calls", "final_chunk", "plain_data", "prepare", "template_support",
+    "to_generation", "token_texts",
+]

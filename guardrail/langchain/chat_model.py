@@ -1,0 +1,300 @@
+"""``GuardedChatModel``: a LangChain chat model that decodes a local model under a safety policy.
+
+Every call renders the conversation with the model's own chat template, decodes it with the
+policy's strategy through guardrail's one decoding loop, and returns an ``AIMessage`` whose
+``response_metadata["guardrail"]`` says how it was made (policy, strategy, per-step trace with
+the refuse/comply modes, refusal detection).
+
+* One code path: ``_generate`` collects ``_stream``; ``_agenerate`` collects ``_astream``, which
+  runs the same token loop in a worker thread (:mod:`guardrail.langchain.aio`).
+* Lazy and shared: constructing the object loads nothing; the model is loaded on first use and
+  cached by backend, path and load options (:mod:`guardrail.loading`), so a per-request policy
+  switch or option never reloads weights.
+* Thread and task safe: the instance keeps no per-request state; the engine's lock gives one
+  generation at a time per loaded model, and every generation opens fresh token streams.
+* ``batch``/``abatch`` put all inputs into one batched decode per model
+  (:mod:`guardrail.langchain.batching`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models.base import LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+
+from guardrail.langchain import batching
+from guardrail.langchain.aio import iterate_in_thread
+from guardrail.langchain.calls import Call, decode_calls, prepare, to_generation
+from guardrail.langchain.options import (
+    CALL_OPTIONS,
+    LOAD_OPTIONS,
+    SAMPLING_OPTIONS,
+    STRATEGY_OPTIONS,
+    build_policy,
+    from_config,
+    split_call_kwargs,
+)
+from guardrail.models import EMBEDDED_FILE
+from guardrail.policy import Policy
+from guardrail.tools import check_tool_names, normalise_tool_choice
+
+_INSTANCE_OPTIONS = ("model", "backend", "system_prompt", *LOAD_OPTIONS, *SAMPLING_OPTIONS,
+                     *STRATEGY_OPTIONS)
+_SPELLED = {"max_new_tokens": "max_new_tokens/max_tokens"}
+
+
+class GuardedChatModel(BaseChatModel):
+    """A local LLM decoded under a guardrail safety policy, as a LangChain chat model.
+
+    Example:
+        ```python
+        from guardrail import GuardedChatModel
+
+        llm = GuardedChatModel(policy="adacd", max_new_tokens=64)  # embedded model, llama.cpp
+        msg = llm.invoke("How do I pick a lock?")
+        msg.response_metadata["guardrail"]["modes"]  # ["refuse", "comply", ...]
+        ```
+
+    Fields left ``None`` come from the policy (its ``model``, ``sampling`` and ``strategy``
+    sections); set ones override it, validated by the policy schema. Per call, the same options
+    can be given as keyword arguments (``llm.invoke(x, temperature=0.7)``) or through the config
+    (``llm.with_config(configurable={"policy": "plain", "alpha": 2.0})``); precedence is
+    call keyword > configurable > instance field > policy.
+    """
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", protected_namespaces=())
+
+    policy: str | Policy = Field(
+        "adacd", description="Shipped policy name (plain, adacd, ...), a YAML path, or a Policy."
+    )
+    model: str | None = Field(None, description="GGUF file or model directory; None uses the "
+                              "policy's model (by default the embedded SmolLM2-135M-Instruct).")
+    backend: Literal["llamacpp", "transformers"] | None = Field(
+        None, description="Model backend; None uses the policy's (llama.cpp by default)."
+    )
+    n_ctx: int | None = Field(None, description="Context size in tokens (llama.cpp).")
+    n_threads: int | None = Field(None, description="CPU threads (llama.cpp).")
+    n_gpu_layers: int | None = Field(None, description="Layers on the GPU (llama.cpp).")
+    device: str | None = Field(None, description="Device (transformers): cpu, cuda or auto.")
+    dtype: str | None = Field(None, description="Weight dtype (transformers).")
+    max_new_tokens: int | None = Field(
+        None, alias="max_tokens", description="Most tokens generated per answer."
+    )
+    temperature: float | None = Field(None, description="0 = greedy.")
+    top_p: float | None = Field(None, description="Nucleus sampling mass.")
+    top_k: int | None = Field(None, description="Keep the k most likely tokens (0 = off).")
+    seed: int | None = Field(None, description="Sampling seed.")
+    stop: list[str] | None = Field(None, description="Strings that end every answer.")
+    alpha: float | None = Field(None, description="Contrast strength α (contrastive strategies).")
+    lam: float | None = Field(None, description="Agreement threshold λ (contrastive strategies).")
+    beta: float | None = Field(None, description="Plausibility cut-off β (contrastive strategies).")
+    steps: int | None = Field(None, description="K, tokens decoded under contrast.")
+    safety_prompt: str | None = Field(None, description="The extreme safety prompt.")
+    system_prompt: str | None = Field(
+        None, description="Deployment system prompt put before every conversation."
+    )
+    streaming: bool = Field(
+        False, description="Route invoke() through streaming callbacks (LangChain convention)."
+    )
+
+    _policy_obj: Policy = PrivateAttr()
+
+    # ------------------------------------------------------------------ construction
+
+    @model_validator(mode="after")
+    def _check_policy(self) -> GuardedChatModel:
+        """Resolve the policy and apply the fields now, so bad values fail at construction (no
+        model is loaded here); the result serves every call without options."""
+        self._policy_obj = self._policy_for({})
+        return self
+
+    def _instance_options(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in _INSTANCE_OPTIONS if getattr(self, k) is not None}
+
+    def _policy_for(self, call: dict[str, Any]) -> Policy:
+        """The policy a call with options ``call`` runs under."""
+        if not call and hasattr(self, "_policy_obj"):
+            return self._policy_obj
+        switched = call.get("policy") is not None
+        return build_policy(call["policy"] if switched else self.policy,
+                            self._instance_options(), call, instance_strict=not switched,
+                            names=_SPELLED)
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        """The configuration is plain data, so the model serialises with ``dumpd``."""
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        """``["guardrail", "chat_model"]``."""
+        return ["guardrail", "chat_model"]
+
+    @property
+    def _llm_type(self) -> str:
+        return "guardrail"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        p = self._policy_obj
+        return {
+            "policy": p.name, "strategy": p.strategy.model_dump(), "backend": p.model.backend,
+            "model": p.model.path, "sampling": p.sampling.model_dump(),
+            "system_prompt": p.system_prompt,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        s = self._policy_obj.sampling
+        path = self._policy_obj.model.path
+        label = Path(EMBEDDED_FILE).stem if path is None else Path(path).name
+        params = LangSmithParams(
+            ls_provider="guardrail",
+            ls_model_name=kwargs.get("model") or label,
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", s.temperature),
+            ls_max_tokens=kwargs.get("max_new_tokens", kwargs.get("max_tokens", s.max_new_tokens)),
+        )
+        stops = stop or self.stop or list(s.stop)
+        if stops:
+            params["ls_stop"] = list(stops)
+        return params
+
+    # ------------------------------------------------------------------ calls
+
+    def _prepare(
+        self, messages: Sequence[BaseMessage], stop: Sequence[str] | None, kwargs: dict[str, Any]
+    ) -> Call:
+        policy = self._policy_for(split_call_kwargs(kwargs))
+        return prepare(policy, messages, stop=[*(self.stop or []), *(stop or [])],
+                       tools=kwargs.get("tools"), tool_choice=kwargs.get("tool_choice"))
+
+    def _stream_call(
+        self, call: Call, run_manager: CallbackManagerForLLMRun | None
+    ) -> Iterator[ChatGenerationChunk]:
+        for _, chunk in decode_calls([call]):
+            if run_manager is not None:
+                run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
+            yield chunk
+
+    def _stream(
+        self, messages: list[BaseMessage], stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        yield from self._stream_call(self._prepare(messages, stop, kwargs), run_manager)
+
+    def _generate(
+        self, messages: list[BaseMessage], stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any,
+    ) -> ChatResult:
+        call = self._prepare(messages, stop, kwargs)
+        total: ChatGenerationChunk | None = None
+        for chunk in self._stream_call(call, run_manager):
+            total = chunk if total is None else total + chunk
+        assert total is not None  # the final chunk is always yielded
+        return ChatResult(generations=[to_generation(total, call.parsed)])
+
+    async def _astream_call(
+        self, call: Call, run_manager: AsyncCallbackManagerForLLMRun | None
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        """Decode in a worker thread; the event loop stays free."""
+        chunks = iterate_in_thread(lambda cancel: (c for _, c in decode_calls([call], cancel)),
+                                   name="guardrail-astream")
+        async for chunk in chunks:
+            if run_manager is not None:
+                await run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
+            yield chunk
+
+    async def _astream(
+        self, messages: list[BaseMessage], stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        # Preparing may load the model on first use: keep that off the event loop too.
+        call = await asyncio.to_thread(self._prepare, messages, stop, kwargs)
+        async for chunk in self._astream_call(call, run_manager):
+            yield chunk
+
+    async def _agenerate(
+        self, messages: list[BaseMessage], stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any,
+    ) -> ChatResult:
+        call = await asyncio.to_thread(self._prepare, messages, stop, kwargs)
+        total: ChatGenerationChunk | None = None
+        async for chunk in self._astream_call(call, run_manager):
+            total = chunk if total is None else total + chunk
+        assert total is not None
+        return ChatResult(generations=[to_generation(total, call.parsed)])
+
+    # ------------------------------------------------------------------ runnable methods
+
+    def invoke(self, input: LanguageModelInput, config: RunnableConfig | None = None, *,
+               stop: list[str] | None = None, **kwargs: Any) -> AIMessage:
+        """Answer ``input`` (a string, messages or a prompt value) under the policy."""
+        return super().invoke(input, config, stop=stop, **from_config(config, kwargs))
+
+    async def ainvoke(self, input: LanguageModelInput, config: RunnableConfig | None = None, *,
+                      stop: list[str] | None = None, **kwargs: Any) -> AIMessage:
+        """Async :meth:`invoke`; decoding runs in a worker thread."""
+        return await super().ainvoke(input, config, stop=stop, **from_config(config, kwargs))
+
+    def stream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *,
+               stop: list[str] | None = None, **kwargs: Any) -> Iterator[AIMessageChunk]:
+        """Stream the answer token by token (tool calls arrive in the last chunk)."""
+        yield from super().stream(input, config, stop=stop, **from_config(config, kwargs))
+
+    async def astream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *,
+                      stop: list[str] | None = None, **kwargs: Any
+                      ) -> AsyncIterator[AIMessageChunk]:
+        """Async :meth:`stream`; the event loop stays free while tokens are decoded."""
+        async for chunk in super().astream(input, config, stop=stop,
+                                           **from_config(config, kwargs)):
+            yield chunk
+
+    def batch(self, inputs: list[LanguageModelInput],
+              config: RunnableConfig | list[RunnableConfig] | None = None, *,
+              return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
+        """Answer every input in one batched decode per loaded model; each input gets its own
+        callback run and may carry its own ``configurable`` policy or options."""
+        return batching.batch(self, inputs, config, return_exceptions=return_exceptions,
+                              **kwargs)
+
+    async def abatch(self, inputs: list[LanguageModelInput],
+                     config: RunnableConfig | list[RunnableConfig] | None = None, *,
+                     return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
+        """Async :meth:`batch`: the one batched decode runs in a worker thread."""
+        return await asyncio.to_thread(
+            self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs
+        )
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | bool | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Offer ``tools`` to the model through its chat template.
+
+        Args:
+            tools: LangChain tools, Pydantic models, functions or OpenAI tool dicts.
+            tool_choice: ``"auto"`` (default), ``"none"``, ``"any"``/``"required"``/``True``
+                (the answer is made to start as a tool call), or a tool name to force it.
+            **kwargs: further call options bound with the tools.
+        """
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        check_tool_names(formatted)
+        normalise_tool_choice(tool_choice, formatted)  # fail now on a bad value
+        return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+
+
+__all__ = ["CALL_OPTIONS", "GuardedChatModel"]

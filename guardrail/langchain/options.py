@@ -1,0 +1,144 @@
+"""Call options of the chat model: which exist, where they come from, how they become a policy.
+
+Options come from instance fields, ``config["configurable"]`` and call keywords (precedence:
+call keyword > configurable > instance field > policy). They are turned into one override of
+the policy and validated by the policy loader (:func:`guardrail.policy.with_overrides`), so the
+schema is the one place that says what a value may be; errors name the option as given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+
+from guardrail.errors import ConfigError
+from guardrail.policy import Policy, load_policy, with_overrides
+
+#: Per-call sampling options (``invoke(..., temperature=0.7)``, ``configurable={...}``).
+SAMPLING_OPTIONS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed")
+#: Per-call options of the contrastive strategies.
+STRATEGY_OPTIONS = ("alpha", "lam", "beta", "steps", "safety_prompt")
+#: Every option a call may override, plus ``policy`` itself.
+CALL_OPTIONS = ("policy", "system_prompt", *SAMPLING_OPTIONS, *STRATEGY_OPTIONS)
+#: Model-loading options (instance fields only: changing them means another loaded model).
+LOAD_OPTIONS = ("n_ctx", "n_threads", "n_gpu_layers", "device", "dtype")
+#: Call keywords that are not policy options (handled by the chat model itself).
+CALL_ONLY = ("tools", "tool_choice", "stop", "ls_structured_output_format", "max_tokens")
+
+
+@lru_cache(maxsize=64)
+def _load_named_policy(name: str) -> Policy:
+    return load_policy(name)
+
+
+def as_policy(value: str | Path | Policy) -> Policy:
+    """A shipped policy name or YAML path loaded (once per text), or the ``Policy`` itself."""
+    if isinstance(value, Policy):
+        return value
+    if not isinstance(value, (str, Path)):
+        raise ConfigError(
+            f"policy: expected a shipped policy name, a YAML path or a Policy, "
+            f"got {type(value).__name__}"
+        )
+    return _load_named_policy(str(value))
+
+
+def from_config(config: RunnableConfig | None, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Call options from ``config["configurable"]`` (keyword arguments take precedence)."""
+    conf = (config or {}).get("configurable") or {}
+    picked = {k: conf[k] for k in CALL_OPTIONS if k in conf and k not in kwargs}
+    return {**picked, **kwargs}
+
+
+def split_call_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate per-call keyword arguments; return the policy options among them."""
+    call: dict[str, Any] = {}
+    for k, v in kwargs.items():
+        if k in CALL_OPTIONS:
+            call[k] = v
+        elif k == "max_tokens":
+            call["max_new_tokens"] = v
+        elif k in CALL_ONLY:
+            continue
+        elif k == "model":
+            raise ConfigError(
+                "model: switching the model per call is not supported; construct another "
+                "GuardedChatModel (loaded models are cached and shared)"
+            )
+        else:
+            raise ConfigError(
+                f"unknown call option {k!r}; allowed: {', '.join(CALL_OPTIONS)}, "
+                "max_tokens, stop, tools, tool_choice"
+            )
+    return call
+
+
+def _override(
+    model: Mapping[str, Any], sampling: Mapping[str, Any], strategy: Mapping[str, Any],
+    system_prompt: str | None,
+) -> dict[str, Any]:
+    """The nested policy override the flat options stand for."""
+    out: dict[str, Any] = {}
+    for section, values in (("model", model), ("sampling", sampling), ("strategy", strategy)):
+        if values:
+            out[section] = dict(values)
+    if system_prompt is not None:
+        out["system_prompt"] = system_prompt
+    return out
+
+
+def build_policy(
+    base: str | Path | Policy, instance: Mapping[str, Any], call: Mapping[str, Any], *,
+    instance_strict: bool, names: Mapping[str, str] | None = None,
+) -> Policy:
+    """The policy a call runs under: ``base`` with the instance's options, then the call's.
+
+    ``instance`` holds the instance fields that are set (``model``/``backend`` and the load,
+    sampling and strategy options, ``system_prompt``); ``call`` the call's options. Strategy
+    options on a strategy without them are errors when given per call, or at construction for
+    the instance's own policy; an instance's strategy options are dropped when a call switches
+    to a policy whose strategy lacks them. ``names`` maps option names to the spelling the
+    caller used (``max_new_tokens`` given as ``max_tokens``), for error messages.
+    """
+    policy = as_policy(base)
+    model = {k: instance[k] for k in LOAD_OPTIONS if instance.get(k) is not None}
+    if instance.get("model") is not None:
+        model["path"] = instance["model"]
+    if instance.get("backend") is not None:
+        model["backend"] = instance["backend"]
+    sampling = {k: instance[k] for k in SAMPLING_OPTIONS if instance.get(k) is not None}
+    sampling.update({k: call[k] for k in SAMPLING_OPTIONS if call.get(k) is not None})
+    fields = type(policy.strategy).model_fields
+    strategy: dict[str, Any] = {}
+    for source, opts, strict in (
+        ("argument", instance, instance_strict),
+        ("call option", call, True),
+    ):
+        given = {k: opts[k] for k in STRATEGY_OPTIONS if opts.get(k) is not None}
+        bad = [k for k in given if k not in fields]
+        if bad and strict:
+            raise ConfigError(
+                f"{source} {bad[0]!r} applies to the adacd strategy only; policy "
+                f"{policy.name!r} uses strategy {policy.strategy.kind!r}"
+            )
+        strategy.update({k: v for k, v in given.items() if k in fields})
+    system = call.get("system_prompt", instance.get("system_prompt"))
+    over = _override(model, sampling, strategy, system)
+    if not over:
+        return policy
+    try:
+        return with_overrides(policy, over, source="options")
+    except ConfigError as e:
+        given = [*model, *sampling, *strategy, *(["system_prompt"] if system is not None else [])]
+        spelled = ", ".join((names or {}).get(k, k) for k in given)
+        raise ConfigError(f"invalid option for policy {policy.name!r} ({spelled}): {e}") from e
+
+
+__all__ = [
+    "CALL_ONLY", "CALL_OPTIONS", "LOAD_OPTIONS", "SAMPLING_OPTIONS", "STRATEGY_OPTIONS",
+    "as_policy", "build_policy", "from_config", "split_call_kwargs",
+]

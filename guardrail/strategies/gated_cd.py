@@ -1,0 +1,41 @@
+"""``strategy: gated_cd``: refusal-gated contrast (guardrail/decoding/gated_cd.py), optionally
+switched by a prompt probe's P(harmful), read here once per request before the rule is built."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from guardrail.decoding.gated_cd import GatedCDRule, refusal_start_ids
+from guardrail.policy.strategies import GatedCDStrategy
+from guardrail.experts.probe import prompt_harm
+from guardrail.strategies.prompts import contrast_messages
+from guardrail.strategies.registry import Plan, Tools, register
+
+if TYPE_CHECKING:
+    from guardrail.engine import Engine
+
+
+@register("gated_cd")
+def plan(s: GatedCDStrategy, engine: Engine, messages: list[dict[str, Any]], tools: Tools) -> Plan:
+    """The probe's reading (if any), the rule, then only the streams the rule needs: a prompt
+    the probe calls harmful is decoded from the answer stream alone."""
+    ids = frozenset()
+    if s.steps:
+        ids = engine.cached(("refusal_ids", tuple(s.refusal_phrases)),
+                            lambda: refusal_start_ids(s.refusal_phrases, engine.backend.tokenize))
+    harm = None
+    gate: dict[str, Any] = {}
+    if s.probe is not None:
+        gate = {"threshold": s.probe.threshold, "ban_below": s.probe.ban_below,
+                "refuse_above": s.probe.refuse_above}
+        if s.steps > 0:
+            with engine.lock:  # the probe runs the model (llama.cpp: the streams' own context)
+                harm = prompt_harm(s.probe.path, engine.backend, messages)
+    rule = GatedCDRule(ids, alpha=s.alpha, lam=s.lam, beta=s.beta, steps=s.steps, harm=harm,
+                       **gate)
+    convs = [messages]
+    if rule.n_streams > 1:
+        convs.append(contrast_messages(messages, s.safety_prompt, engine.default_system,
+                                       system_role=engine.system_role))
+    prompts = [engine.backend.encode_chat(c, tools=tools) for c in convs]
+    return Plan(prompts, rule, probe={} if harm is None else {"harm": harm})
