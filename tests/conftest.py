@@ -1,4 +1,5 @@
-"""Shared fixtures: each real model is loaded once per test session."""
+"""Shared fixtures: each real model is loaded once per test session; the fake backend
+(``tests/fakes.py``, no model) is fresh for each test."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import importlib.util
 
 import pytest
 
-from guardrail.engine import Engine, get_engine
+from fakes import FakeBackend
+from guardrail.engine import Engine
+from guardrail.loading import engine_for, get_engine
 from guardrail.models import embedded_model_path
 from guardrail.policy import ModelConfig
 
@@ -45,3 +48,15 @@ def engine(request: pytest.FixtureRequest) -> Engine:
     """Each backend in turn."""
     name = "llama_engine" if request.param == "llamacpp" else "tf_engine"
     return request.getfixturevalue(name)
+
+
+@pytest.fixture
+def fake_backend() -> FakeBackend:
+    """A deterministic table-driven backend (ChatML, ~40 words): no model is loaded."""
+    return FakeBackend()
+
+
+@pytest.fixture
+def fake_engine(fake_backend: FakeBackend) -> Engine:
+    """The engine of :func:`fake_backend`."""
+    return engine_for(fake_backend)
