@@ -1,20 +1,22 @@
 """The one decoding loop: every rule, every backend, one or many requests at once.
 
 Each step: one batched forward over every live stream of every live request, the request's rule
-turns its streams' logits into final logits, the sampler picks a token, the token goes to every
+turns its streams' logits into final logits, the request's logits processors constrain them
+(:mod:`guardrail.decoding.processors`), the sampler picks a token, the token goes to every
 stream of that request. Streams a rule no longer needs and streams of finished requests are freed.
 Events are yielded as they happen, so streaming needs nothing more.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from guardrail.adapters.base import Backend
+from guardrail.decoding.processors import LogitsProcessor, MinNewTokens
 from guardrail.decoding.rules import Rule, StepInfo
 from guardrail.decoding.sampling import SamplingParams, sample
 from guardrail.decoding.text import TextAssembler
@@ -33,10 +35,14 @@ class GenerationRequest:
         sampling: greedy or seeded sampling.
         max_new_tokens: hard cap on generated tokens.
         stop: strings that end the answer (not included in it).
-        min_new_tokens: end-of-turn tokens are masked until this many tokens exist.
+        min_new_tokens: end-of-turn tokens are masked until this many tokens exist (the loop
+            adds a :class:`~guardrail.decoding.processors.MinNewTokens` after ``processors``).
         backend: decode this request on this backend instead of the caller's (experts that are
             other models or LoRA contexts, :mod:`guardrail.adapters.routed`); such a request is
             decoded alone.
+        processors: constraints applied in order to the rule's final logits before sampling,
+            each given the generated ids (see :mod:`guardrail.decoding.processors`). They are
+            per-request objects that may keep state: build them for this request only.
     """
 
     prompts: Sequence[Sequence[int]]
@@ -46,6 +52,7 @@ class GenerationRequest:
     stop: Sequence[str] = ()
     min_new_tokens: int = 0
     backend: Backend | None = None
+    processors: Sequence[LogitsProcessor] = ()
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -90,6 +97,7 @@ class _Live:
     rng: np.random.Generator
     text: TextAssembler
     n_streams: int
+    processors: list[LogitsProcessor]
     steps: list[StepInfo] = field(default_factory=list)
     generated: list[int] = field(default_factory=list)  # every sampled id, end-of-turn included
     done: FinishReason | None = None
@@ -175,14 +183,22 @@ def decode(
             yield from _decode_batch(r.backend, [(i, r, caps[i])])
 
 
+def _processors(req: GenerationRequest, eot: Collection[int]) -> list[LogitsProcessor]:
+    """The request's processors, then the end-of-turn mask its ``min_new_tokens`` asks for."""
+    out = list(req.processors)
+    if req.min_new_tokens > 0:
+        out.append(MinNewTokens(eot, req.min_new_tokens))
+    return out
+
+
 def _decode_batch(
     backend: Backend, batch: Sequence[tuple[int, GenerationRequest, int]]
 ) -> Iterator[TokenEvent | FinishEvent]:
     eot = backend.end_of_turn_ids
-    eot_index = np.fromiter(eot, dtype=np.int64)
     caps = {i: cap for i, _, cap in batch}
     live = [
-        _Live(i, r, r.sampling.rng(), TextAssembler(backend.detokenize, r.stop), len(r.prompts))
+        _Live(i, r, r.sampling.rng(), TextAssembler(backend.detokenize, r.stop), len(r.prompts),
+              _processors(r, eot))
         for i, r, _ in batch
     ]
     with backend.open([p for _, r, _ in batch for p in r.prompts]) as streams:
@@ -192,11 +208,11 @@ def _decode_batch(
             row = 0
             tokens: list[int] = []
             for lv in live:
+                answer = logits[row]
                 z, info = lv.req.rule.combine(logits[row : row + lv.n_streams], step)
                 row += lv.n_streams
-                if step < lv.req.min_new_tokens:
-                    z = z.copy()
-                    z[eot_index] = -np.inf
+                for proc in lv.processors:
+                    z = proc(z, lv.generated, step, answer)
                 tok = sample(z, lv.req.sampling, lv.rng)
                 if info is not None:
                     lv.steps.append({"step": step, **info})
