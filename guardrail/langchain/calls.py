@@ -28,10 +28,10 @@ from guardrail.guard import Guard, last_user_text
 from guardrail.loading import get_engine
 from guardrail.policy import Policy
 from guardrail.policy.decisions import log_step
-from guardrail.tools import (
+from guardrail.langchain.messages import add_tools_to_system, to_template_messages
+from guardrail.langchain.tool_calls import (
     ParsedOutput,
     TemplateToolSupport,
-    add_tools_to_system,
     call_schema,
     check_tool_names,
     forced_prefix,
@@ -39,7 +39,6 @@ from guardrail.tools import (
     parse_tool_calls,
     probe_template,
     safe_text_end,
-    to_template_messages,
     tool_names,
 )
 

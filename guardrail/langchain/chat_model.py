@@ -47,7 +47,7 @@ from guardrail.langchain.options import (
 )
 from guardrail.models import EMBEDDED_FILE
 from guardrail.policy import Policy
-from guardrail.tools import check_tool_names, normalise_tool_choice
+from guardrail.langchain.tool_calls import check_tool_names, normalise_tool_choice
 
 _INSTANCE_OPTIONS = ("model", "backend", "system_prompt", *LOAD_OPTIONS, *SAMPLING_OPTIONS,
                      *STRATEGY_OPTIONS)

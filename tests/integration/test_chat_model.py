@@ -22,7 +22,7 @@ from guardrail.decoding.constraints import check_json_prefix
 from guardrail.loading import get_engine
 from guardrail.errors import ConfigError, RefusalError
 from guardrail.policy import ModelConfig, load_policy
-from guardrail.tools import call_schema, parse_tool_calls, safe_text_end
+from guardrail.langchain.tool_calls import call_schema, parse_tool_calls, safe_text_end
 
 pytest.importorskip("llama_cpp")
 

@@ -261,7 +261,7 @@ def test_no_name_forced_writes_the_call_from_its_opening() -> None:
     assert check_json_prefix('{"name": "' + detokenize(ids), union) == "partial"
 
 
-#: Greedy choices of the pre-move ``ConstrainedCallRule`` (guardrail/tools.py) on seeded random
+#: Greedy choices of the pre-move ``ConstrainedCallRule`` (then in guardrail/tools.py) on seeded random
 #: logits over this vocabulary: the processor must make exactly the same ones.
 PINNED: dict[tuple[int, int], list[int]] = {
     (0, 256): [5, 0, 11, 3, 9, 4, 2, 7, 2, 5, 3, 5, 11, 1, 1, 17],

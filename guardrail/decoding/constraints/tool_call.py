@@ -1,7 +1,7 @@
 """The forced tool call as a logits processor: keep the call's JSON valid for the tool's schema.
 
 When a call is forced (tool_choice ``"any"``/``"required"``/a name), the prompt already ends with
-the call's opening (:func:`guardrail.tools.forced_prefix`) and the answer's JSON is decoded under
+the call's opening (:func:`guardrail.langchain.tool_calls.forced_prefix`) and the answer's JSON is decoded under
 this constraint: each step keeps only the most likely token that leaves the text a valid prefix of
 a call matching the schema (:func:`~guardrail.decoding.constraints.json_prefix.check_json_prefix`),
 then closes the call and ends the turn. Small models then produce well-formed calls. The policy's

@@ -1,10 +1,10 @@
-"""Tool calling for local chat templates: rendering tools and history, parsing tool calls.
+"""Tool calling for local chat templates: what a template does with tools, ``tool_choice``, and
+parsing the model's output into LangChain tool calls.
 
 Tools go to the model through its own chat template (the template's ``tools`` variable). Some
 templates ignore tools (the embedded SmolLM2-135M-Instruct's does); for those, and only for
-those, the tools are written into the system message in the Hermes/Qwen format, earlier tool
-calls are written back into the assistant turns as ``<tool_call>`` blocks and tool results as
-``<tool_response>`` blocks, so the model still sees everything.
+those, the tools are written into the system message in the Hermes/Qwen format
+(:mod:`guardrail.langchain.messages`).
 
 Two output formats are parsed into LangChain tool calls:
 
@@ -12,10 +12,6 @@ Two output formats are parsed into LangChain tool calls:
 * Llama-3.1 JSON: the whole answer is ``{"name": ..., "parameters": {...}}`` (optionally after
   ``<|python_tag|>``); accepted only when the name is one of the bound tools, so a plain JSON
   answer is never mistaken for a call.
-
-A forced call (``tool_choice``) starts from :func:`forced_prefix` in the prompt; its JSON is
-decoded under :class:`guardrail.decoding.constraints.ToolCallConstraint` with the schema
-:func:`call_schema` gives.
 """
 
 from __future__ import annotations
@@ -27,14 +23,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from langchain_core.messages import (
-    AIMessage,
-    BaseMessage,
-    ChatMessage,
-    HumanMessage,
-    SystemMessage,
-    ToolMessage,
-)
 from langchain_core.messages.tool import InvalidToolCall, ToolCall
 
 from guardrail.adapters.base import Backend
@@ -107,120 +95,6 @@ def probe_template(backend: Backend) -> TemplateToolSupport:
     ):
         fmt = "llama3"
     return TemplateToolSupport(tools=tools_ok, tool_calls=calls_ok, format=fmt)
-
-
-# ---------------------------------------------------------------------------------------------
-# LangChain messages -> template messages
-
-
-def _text_of(content: str | list[Any], where: str) -> str:
-    """The text of a message's content; non-text blocks other than tool-use are refused."""
-    if isinstance(content, str):
-        return content
-    parts: list[str] = []
-    for block in content:
-        if isinstance(block, str):
-            parts.append(block)
-        elif isinstance(block, Mapping):
-            kind = block.get("type")
-            if kind == "text":
-                parts.append(str(block.get("text", "")))
-            elif kind in ("tool_use", "tool_call", "function_call", "reasoning", "thinking"):
-                continue  # carried by AIMessage.tool_calls, or not for the model
-            else:
-                raise ConfigError(
-                    f"{where}: content block of type {kind!r} is not supported; local chat "
-                    "templates take text only (allowed block types: 'text')"
-                )
-    return "".join(parts)
-
-
-def _call_dict(tc: ToolCall) -> dict[str, Any]:
-    return {
-        "id": tc.get("id") or "",
-        "type": "function",
-        "function": {"name": tc["name"], "arguments": dict(tc.get("args") or {})},
-    }
-
-
-def to_template_messages(
-    messages: Sequence[BaseMessage], support: TemplateToolSupport | None = None
-) -> list[dict[str, Any]]:
-    """Turn LangChain messages into the OpenAI/HF dicts chat templates read.
-
-    With ``support`` given and the template unable to write tool calls, calls and tool results
-    are written into the text in the Hermes format instead (see the module docstring).
-    """
-    hermes_history = support is not None and not support.tool_calls
-    out: list[dict[str, Any]] = []
-    for i, m in enumerate(messages):
-        where = f"messages[{i}] ({type(m).__name__})"
-        if isinstance(m, SystemMessage):
-            out.append({"role": "system", "content": _text_of(m.content, where)})
-        elif isinstance(m, HumanMessage):
-            out.append({"role": "user", "content": _text_of(m.content, where)})
-        elif isinstance(m, AIMessage):
-            text = _text_of(m.content, where)
-            calls = [_call_dict(tc) for tc in m.tool_calls]
-            if calls and hermes_history:
-                blocks = [
-                    f"{TOOL_CALL_OPEN}\n"
-                    + json.dumps(
-                        {"name": c["function"]["name"], "arguments": c["function"]["arguments"]},
-                        ensure_ascii=False,
-                    )
-                    + f"\n{TOOL_CALL_CLOSE}"
-                    for c in calls
-                ]
-                text = "\n".join([text, *blocks]) if text else "\n".join(blocks)
-                out.append({"role": "assistant", "content": text})
-            elif calls:
-                out.append({"role": "assistant", "content": text, "tool_calls": calls})
-            else:
-                out.append({"role": "assistant", "content": text})
-        elif isinstance(m, ToolMessage):
-            text = _text_of(m.content, where)
-            if m.status == "error":
-                text = f"Error: {text}"
-            if hermes_history:
-                out.append(
-                    {"role": "user", "content": f"<tool_response>\n{text}\n</tool_response>"}
-                )
-            else:
-                out.append(
-                    {
-                        "role": "tool",
-                        "content": text,
-                        "tool_call_id": m.tool_call_id,
-                        **({"name": m.name} if m.name else {}),
-                    }
-                )
-        elif isinstance(m, ChatMessage):
-            out.append({"role": m.role, "content": _text_of(m.content, where)})
-        else:
-            raise ConfigError(
-                f"{where}: unsupported message type; allowed: SystemMessage, HumanMessage, "
-                "AIMessage, ToolMessage, ChatMessage"
-            )
-    return out
-
-
-def tools_system_text(tools: Sequence[Mapping[str, Any]]) -> str:
-    """The Hermes system-message block listing ``tools`` (OpenAI tool dicts)."""
-    lines = "\n".join(json.dumps(dict(t), ensure_ascii=False) for t in tools)
-    return HERMES_TOOLS_SYSTEM.format(tools=lines)
-
-
-def add_tools_to_system(
-    messages: list[dict[str, Any]], tools: Sequence[Mapping[str, Any]]
-) -> list[dict[str, Any]]:
-    """``messages`` with the Hermes tool block in the (possibly new) leading system message."""
-    block = tools_system_text(tools)
-    out = [dict(m) for m in messages]
-    if out and out[0].get("role") == "system":
-        out[0]["content"] = f"{out[0].get('content') or ''}\n\n{block}".lstrip()
-        return out
-    return [{"role": "system", "content": block}, *out]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,3 +285,10 @@ def call_schema(tools: Sequence[Mapping[str, Any]], name: str | None) -> dict[st
         schema.setdefault("type", "object")
         return schema
     return {"type": "object", TOOLS_KEY: params}
+
+
+__all__ = [
+    "HERMES_TOOLS_SYSTEM", "PYTHON_TAG", "TOOL_CALL_CLOSE", "TOOL_CALL_OPEN", "ParsedOutput",
+    "TemplateToolSupport", "ToolFormat", "call_schema", "check_tool_names", "forced_prefix",
+    "normalise_tool_choice", "parse_tool_calls", "probe_template", "safe_text_end", "tool_names",
+]
