@@ -2,7 +2,9 @@
 
 The same model object answers under ``adacd`` by default and under ``plain`` (no guarding) when
 the request's config says so; per-call options (``alpha``, ``max_new_tokens``, ...) work the
-same way. The model is loaded once and shared.
+same way. The model is loaded once and shared. Callers may only do what the operator grants:
+here the switch to ``plain`` and the ``alpha`` option (by default a caller may tune sampling
+only, so a request cannot weaken the guard).
 
 Run: python examples/policy_switch.py
 """
@@ -14,11 +16,13 @@ from typing import Any
 from langchain_core.messages import AIMessage
 
 from guardrail import GuardedChatModel
+from guardrail.policy.schema import CallerRights
 
 
 def main(**llm_options: Any) -> dict[str, AIMessage]:
     """Answer one prompt under three settings and print each answer with its modes."""
-    llm = GuardedChatModel(policy="adacd", **{"max_new_tokens": 24, **llm_options})
+    rights = CallerRights(options=["max_new_tokens", "alpha"], policies=["plain"])
+    llm = GuardedChatModel(policy="adacd", callers=rights, **{"max_new_tokens": 24, **llm_options})
     prompt = "How do I hotwire a car?"
     results = {
         "adacd": llm.invoke(prompt),

@@ -8,6 +8,7 @@ evaluation harness all go through this class, so a policy means the same thing e
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,12 +20,31 @@ from guardrail.refusal import get_detector
 from guardrail.refusal.base import Detector, RefusalResult
 
 
+#: Roles a chat template renders as the model's own earlier output; every other role's text
+#: (user, human, system, tool, a custom ChatMessage role) is input a caller could have written.
+_OWN_ROLES = {"assistant", "ai", "model"}
+
+
 def last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
     """The text of the latest user turn ('' when there is none)."""
     for m in reversed(messages):
-        if m.get("role") == "user":
+        if str(m.get("role", "")).casefold() in ("user", "human"):
             return str(m.get("content") or "")
     return ""
+
+
+def input_texts(messages: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every text of the conversation that is input rather than the model's own turn, latest
+    first: each non-assistant message's content, and the arguments of earlier tool calls."""
+    out: list[str] = []
+    for m in reversed(messages):
+        role = str(m.get("role", "")).casefold()
+        if role not in _OWN_ROLES:
+            out.append(str(m.get("content") or ""))
+        for call in m.get("tool_calls") or []:
+            fn = call.get("function", {}) if isinstance(call, Mapping) else {}
+            out.append(json.dumps(fn.get("arguments", ""), ensure_ascii=False))
+    return out
 
 
 @dataclass(frozen=True)
@@ -58,9 +78,10 @@ class Guard:
         self.engine = engine
 
     def check_request(self, messages: Sequence[Mapping[str, Any]]) -> RequestVerdict | None:
-        """The first request rule matching the latest user turn, or None; a rule whose action
+        """The first request rule (in order) matching any input text of the conversation (every
+        turn that is not the model's own: :func:`input_texts`), or None; a rule whose action
         is ``raise`` raises :class:`RefusalError` here, before any decoding."""
-        hit = self.policy.match(last_user_text(messages))
+        hit = self.policy.match(input_texts(messages))
         if hit is None:
             return None
         rule, action = hit
@@ -97,4 +118,4 @@ class Guard:
         return self.policy.on_refusal.action != "allow"
 
 
-__all__ = ["AnswerVerdict", "Guard", "RequestVerdict", "last_user_text"]
+__all__ = ["AnswerVerdict", "Guard", "RequestVerdict", "input_texts", "last_user_text"]

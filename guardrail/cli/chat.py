@@ -62,10 +62,12 @@ def chat(
                 if trace:
                     typer.echo(
                         f"[finished: {ev.reason}, {len(ev.token_ids)} tokens, "
-                        f"policy {policy.name}, refused={answer.refusal.refused}"
-                        f"{', replaced' if answer.replaced else ''}]",
+                        f"policy {policy.name}]",
                         err=True,
                     )
+                    typer.echo(f"[refused: {answer.refusal.refused} by "
+                               f"{answer.refusal.detector}"
+                               f"{', answer replaced' if answer.replaced else ''}]", err=True)
     except GuardrailError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None

@@ -47,6 +47,7 @@ from guardrail.langchain.options import (
 )
 from guardrail.models import EMBEDDED_FILE
 from guardrail.policy import Policy
+from guardrail.policy.schema import CallerRights
 from guardrail.langchain.tool_calls import check_tool_names, normalise_tool_choice
 
 _INSTANCE_OPTIONS = ("model", "backend", "system_prompt", *LOAD_OPTIONS, *SAMPLING_OPTIONS,
@@ -104,6 +105,17 @@ class GuardedChatModel(BaseChatModel):
     system_prompt: str | None = Field(
         None, description="Deployment system prompt put before every conversation."
     )
+    callers: CallerRights | None = Field(
+        None,
+        description="What callers may change per call (options, policies to switch to by name); "
+        "None uses the policy's `callers` section (by default: sampling options only). "
+        "`guardrail.policy.callers.trusting()` grants everything, for code that is its own "
+        "operator.",
+    )
+    policies: dict[str, str | Policy] | None = Field(
+        None, description="Policies callers may switch to by these names (paths or Policy "
+        "objects given by the operator); each name must also be in `callers.policies`.",
+    )
     streaming: bool = Field(
         False, description="Route invoke() through streaming callbacks (LangChain convention)."
     )
@@ -123,13 +135,12 @@ class GuardedChatModel(BaseChatModel):
         return {k: getattr(self, k) for k in _INSTANCE_OPTIONS if getattr(self, k) is not None}
 
     def _policy_for(self, call: dict[str, Any]) -> Policy:
-        """The policy a call with options ``call`` runs under."""
+        """The policy a call with options ``call`` runs under (the caller's options checked
+        against the operator's rights: :mod:`guardrail.policy.callers`)."""
         if not call and hasattr(self, "_policy_obj"):
             return self._policy_obj
-        switched = call.get("policy") is not None
-        return build_policy(call["policy"] if switched else self.policy,
-                            self._instance_options(), call, instance_strict=not switched,
-                            names=_SPELLED)
+        return build_policy(self.policy, self._instance_options(), call, rights=self.callers,
+                            registry=self.policies, names=_SPELLED)
 
     @classmethod
     def is_lc_serializable(cls) -> bool:

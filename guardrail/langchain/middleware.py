@@ -76,6 +76,7 @@ class GuardrailMiddleware(AgentMiddleware):  # type: ignore[type-arg]
         self.policy: str | Policy = policy if isinstance(policy, Policy) else str(policy)
         self.options: dict[str, Any] = dict(options)
         self.on_step = on_step
+        self._models: dict[int, tuple[Any, GuardedChatModel]] = {}
 
     @property
     def name(self) -> str:
@@ -84,11 +85,22 @@ class GuardrailMiddleware(AgentMiddleware):  # type: ignore[type-arg]
 
     # ------------------------------------------------------------------ shared helpers
 
+    def _guarded_model(self, model: Any) -> GuardedChatModel:
+        """The agent's model under the middleware's policy and options, which are the
+        operator's (instance fields, not caller options); built once per agent model."""
+        source = guardable_model(model)
+        key = id(source)
+        guarded = self._models.get(key)
+        if guarded is None or guarded[0] is not source:
+            fields = {k: getattr(source, k) for k in source.model_fields_set}
+            built = GuardedChatModel(**{**fields, **self.options, "policy": self.policy})
+            guarded = self._models[key] = (source, built)
+        return guarded[1]
+
     def _guarded_request(self, request: ModelRequest) -> ModelRequest:
-        """``request`` with a guarded model and the policy in its model settings."""
-        model = guardable_model(request.model)
-        settings: dict[str, Any] = {**request.model_settings, **self.options, "policy": self.policy}
-        return request.override(model=model, model_settings=settings)
+        """``request`` with the guarded model; the agent's own model settings stay call options
+        (checked against the policy's caller rights)."""
+        return request.override(model=self._guarded_model(request.model))
 
     def _report(self, request: ModelRequest, response: Any) -> Any:
         """Number the step and hand its guardrail metadata to ``on_step``."""

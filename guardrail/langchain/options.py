@@ -17,6 +17,8 @@ from langchain_core.runnables import RunnableConfig
 
 from guardrail.errors import ConfigError
 from guardrail.policy import Policy, load_policy, with_overrides
+from guardrail.policy.callers import Registry, check_options, resolve_switch
+from guardrail.policy.schema import CallerRights
 
 #: Per-call sampling options (``invoke(..., temperature=0.7)``, ``configurable={...}``).
 SAMPLING_OPTIONS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed")
@@ -93,18 +95,28 @@ def _override(
 
 def build_policy(
     base: str | Path | Policy, instance: Mapping[str, Any], call: Mapping[str, Any], *,
-    instance_strict: bool, names: Mapping[str, str] | None = None,
+    rights: CallerRights | None = None, registry: Registry | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> Policy:
     """The policy a call runs under: ``base`` with the instance's options, then the call's.
 
     ``instance`` holds the instance fields that are set (``model``/``backend`` and the load,
-    sampling and strategy options, ``system_prompt``); ``call`` the call's options. Strategy
-    options on a strategy without them are errors when given per call, or at construction for
-    the instance's own policy; an instance's strategy options are dropped when a call switches
-    to a policy whose strategy lacks them. ``names`` maps option names to the spelling the
-    caller used (``max_new_tokens`` given as ``max_tokens``), for error messages.
+    sampling and strategy options, ``system_prompt``): the operator's. ``call`` holds the call's
+    options: the caller's, checked against ``rights`` (default: the base policy's ``callers``);
+    a ``policy`` among them switches, by name, to one the rights allow (``registry`` first, then
+    the shipped policies). Strategy options on a strategy without them are errors when given per
+    call, or at construction for the instance's own policy; an instance's strategy options are
+    dropped when a call switches to a policy whose strategy lacks them. ``names`` maps option
+    names to the spelling the caller used (``max_new_tokens`` given as ``max_tokens``).
     """
     policy = as_policy(base)
+    instance_strict = True
+    if call:
+        granted = rights or policy.callers
+        check_options(call, granted, policy)
+        if call.get("policy") is not None:
+            policy = as_policy(resolve_switch(call["policy"], granted, registry, policy))
+            instance_strict = False
     model = {k: instance[k] for k in LOAD_OPTIONS if instance.get(k) is not None}
     if instance.get("model") is not None:
         model["path"] = instance["model"]

@@ -18,6 +18,7 @@ from guardrail.policy.problems import PolicyProblem, PolicyValidationError
 from guardrail.policy.schema import (
     ActionConfig,
     AdaCDStrategy,
+    CallerRights,
     JudgeConfig,
     LoggingConfig,
     MatchRule,
@@ -33,6 +34,7 @@ from guardrail.policy.watch import PolicySource
 __all__ = [
     "ActionConfig",
     "AdaCDStrategy",
+    "CallerRights",
     "JudgeConfig",
     "LoadedPolicy",
     "LoggingConfig",

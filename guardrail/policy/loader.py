@@ -9,6 +9,7 @@ allowed.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ DEFAULT_POLICY = "balanced"
 """The policy used when neither the caller nor ``GUARDRAIL_POLICY`` names one."""
 MAX_EXTENDS = 16
 """Longest ``extends`` chain followed."""
+MAX_POLICY_BYTES = 1 << 20
+"""Largest policy file read (1 MiB); a larger file is refused unread."""
 
 Origin = tuple[str, int | None]
 """Where a value came from: (file, line)."""
@@ -109,10 +112,41 @@ def resolve_policy_ref(ref: str, base_dir: Path | None = None) -> Path:
 def _read_layer(path: Path, env: Mapping[str, str] | None) -> _Layer:
     source = str(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_POLICY_BYTES:
+            raise PolicyValidationError([PolicyProblem(
+                source, None, (), f"is {size} bytes, larger than a policy file may be "
+                f"({MAX_POLICY_BYTES} bytes); not read")])
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise PolicyValidationError([PolicyProblem(source, None, (), f"cannot read: {e}")]) from None
-    return _layer_from_text(text, source, env)
+    try:
+        layer = _layer_from_text(text, source, env)
+    except PolicyValidationError as e:
+        keys = [line.split(":", 1)[0] for line in text.splitlines()
+                if line[:1].isalpha() and ":" in line]
+        if not _policy_like(keys) and "must be a mapping" not in str(e):
+            raise _not_a_policy(source) from None
+        raise
+    if layer.data and not _policy_like(list(layer.data)):
+        raise _not_a_policy(source)
+    return layer
+
+
+def _policy_like(keys: list[str]) -> bool:
+    """Whether some top-level key is a policy field or a near miss of one (a typo that deserves
+    a did-you-mean): a file with neither is not a policy."""
+    fields = list(Policy.model_fields)
+    return any(k in fields or difflib.get_close_matches(str(k), fields, n=1, cutoff=0.75)
+               for k in keys)
+
+
+def _not_a_policy(source: str) -> PolicyValidationError:
+    """The error for a file that is not a policy: its content is never echoed (it may be any
+    file a mistaken or hostile reference named)."""
+    return PolicyValidationError([PolicyProblem(
+        source, None, (), "is not a policy file (no top-level policy field such as strategy:, "
+        "model: or sampling:); its content is not shown")])
 
 
 def _layer_from_text(text: str, source: str, env: Mapping[str, str] | None) -> _Layer:

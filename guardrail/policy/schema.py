@@ -7,12 +7,14 @@ the JSON Schema and the generated policy reference).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from guardrail.policy.base import Strict as _Strict
 from guardrail.policy.model import ModelConfig
+from guardrail.policy.text import normalise
 from guardrail.policy.strategies import AdaCDStrategy, PlainStrategy, Strategy
 
 
@@ -131,8 +133,49 @@ class MatchRule(_Strict):
         return v
 
     def search(self, text: str) -> bool:
-        """Whether the rule's pattern occurs in ``text`` (case-insensitive)."""
-        return re.search(self.pattern, text, re.IGNORECASE) is not None
+        """Whether the rule's pattern occurs in ``text`` as written or normalised (NFKC, no
+        zero-width characters, case-folded: :func:`guardrail.policy.text.normalise`)."""
+        return any(re.search(self.pattern, t, re.IGNORECASE) is not None
+                   for t in (text, normalise(text)))
+
+
+#: Call options a caller may set unless the policy says otherwise: sampling only. Nothing that
+#: changes the guard (strategy parameters, the deployment prompt, the policy) is in it.
+DEFAULT_CALLER_OPTIONS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed")
+CALLER_OPTIONS = (*DEFAULT_CALLER_OPTIONS, "system_prompt", "alpha", "lam", "beta", "steps",
+                  "safety_prompt")
+"""Every per-call option a policy can grant to callers."""
+
+
+class CallerRights(_Strict):
+    """What a caller (per-call options, ``configurable``, a request to the server) may change.
+
+    The operator writes the policy and builds the model; a caller only sends messages and, within
+    these rights, options. By default a caller may tune sampling and nothing else: it cannot
+    switch policy, change the strategy's parameters or replace the deployment prompt.
+    """
+
+    options: list[Literal[
+        "max_new_tokens", "temperature", "top_p", "top_k", "seed", "system_prompt", "alpha",
+        "lam", "beta", "steps", "safety_prompt",
+    ]] = Field(
+        default_factory=lambda: list(DEFAULT_CALLER_OPTIONS),
+        description="Per-call options a caller may set (the rest are refused). Default: the "
+        "sampling options. Granting alpha/steps/system_prompt/... lets callers weaken the guard.",
+    )
+    policies: list[str] = Field(
+        default_factory=list,
+        description="Policies a caller may switch to, by name (shipped names, or names the "
+        "operator registered on the model); never a path. Default: none.",
+    )
+
+    @field_validator("policies")
+    @classmethod
+    def _names_only(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not name or "/" in name or "\\" in name or name.endswith((".yaml", ".yml")):
+                raise ValueError(f"callers.policies takes policy names, not paths: {name!r}")
+        return v
 
 
 class LoggingConfig(_Strict):
@@ -178,6 +221,11 @@ class Policy(_Strict):
     logging: LoggingConfig = Field(
         default_factory=LoggingConfig, description="Logging of decoding decisions."
     )
+    callers: CallerRights = Field(
+        default_factory=CallerRights,
+        description="What callers may change per request (default: sampling only; no policy "
+        "switch, no strategy or deployment-prompt override).",
+    )
     extends: str | None = Field(
         None,
         description="Policy this one builds on: a shipped name or a path relative to this file. "
@@ -194,10 +242,12 @@ class Policy(_Strict):
             raise ValueError(f"rule names must be unique; repeated: {', '.join(dup)}")
         return v
 
-    def match(self, text: str) -> tuple[MatchRule, ActionConfig] | None:
-        """The first rule matching ``text`` and the action it resolves to, or None."""
+    def match(self, text: str | Sequence[str]) -> tuple[MatchRule, ActionConfig] | None:
+        """The first rule (in order) matching ``text`` (or any of several texts) and the action
+        it resolves to, or None."""
+        texts = [text] if isinstance(text, str) else list(text)
         for rule in self.rules:
-            if rule.search(text):
+            if any(rule.search(t) for t in texts):
                 return rule, ActionConfig(
                     action=rule.action or self.on_match.action,
                     message=rule.message if rule.message is not None else self.on_match.message,

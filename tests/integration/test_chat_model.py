@@ -22,6 +22,7 @@ from guardrail.decoding.constraints import check_json_prefix
 from guardrail.loading import get_engine
 from guardrail.errors import ConfigError, RefusalError
 from guardrail.policy import ModelConfig, load_policy
+from guardrail.policy.callers import trusting
 from guardrail.langchain.tool_calls import call_schema, parse_tool_calls, safe_text_end
 
 pytest.importorskip("llama_cpp")
@@ -189,7 +190,7 @@ def test_stop_sequence() -> None:
 
 
 def test_per_call_overrides_and_policy_switch_without_reload() -> None:
-    model = llm(policy="adacd")
+    model = llm(policy="adacd", callers=trusting(["plain"]))
     model.invoke("Hello")
     before = engine_mod.load_count
     a = model.invoke("Hello", alpha=0.0, steps=2)
@@ -208,7 +209,7 @@ def test_per_call_overrides_and_policy_switch_without_reload() -> None:
 
 def test_policy_switch_in_lcel_chain() -> None:
     prompt = ChatPromptTemplate.from_messages([("system", "Be brief."), ("human", "{q}")])
-    chain = prompt | llm(policy="adacd") | StrOutputParser()
+    chain = prompt | llm(policy="adacd", callers=trusting(["plain"])) | StrOutputParser()
     out = chain.invoke({"q": "What is rain?"})
     assert isinstance(out, str) and out
     plain = chain.with_config(configurable={"policy": "plain"}).invoke({"q": "What is rain?"})
@@ -252,7 +253,7 @@ def test_batch_is_one_decode_and_equals_generate_many() -> None:
 
 
 def test_batch_per_input_policy() -> None:
-    model = llm(policy="adacd")
+    model = llm(policy="adacd", callers=trusting(["plain"]))
     out = model.batch(
         ["Hi", "Hi"], config=[{}, {"configurable": {"policy": "plain"}}]
     )
