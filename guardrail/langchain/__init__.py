@@ -3,7 +3,7 @@
 Modules: :mod:`~guardrail.langchain.chat_model` (the chat model class),
 :mod:`~guardrail.langchain.options` (call options as policy overrides),
 :mod:`~guardrail.langchain.calls` (one call from messages to chunks),
-:mod:`~guardrail.langchain.batching`, :mod:`~guardrail.langchain.aio`,
+:mod:`~guardrail.langchain.batching`, :mod:`~guardrail.langchain.threads`,
 :mod:`~guardrail.langchain.middleware` (needs the ``langchain`` package; imported on first use).
 """
 

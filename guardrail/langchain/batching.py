@@ -3,7 +3,11 @@
 LangChain's default ``batch`` runs ``invoke`` per input in threads, which the engine's lock
 would serialise. Here every input is prepared first (each with its own callback run, config and
 options), the prepared calls are grouped by loaded model and decoded together, and each input's
-callbacks get its own tokens and result. A failure while preparing fails that input alone.
+callbacks get its own tokens and result. A failure while preparing fails that input alone, and
+so does an input that cannot run (it does not fit the model's context): with
+``return_exceptions=True`` its slot holds the error (its run ends with ``on_llm_error``) and the
+other inputs are answered; without, the error is raised before anything is decoded, as
+``invoke`` would.
 """
 
 from __future__ import annotations
@@ -74,7 +78,8 @@ def batch(
     for idxs in groups.values():
         totals: dict[int, ChatGenerationChunk] = {}
         try:
-            for j, chunk in decode_calls([started[i][1] for i in idxs]):
+            calls = [started[i][1] for i in idxs]
+            for j, chunk in decode_calls(calls, isolate=return_exceptions):
                 i = idxs[j]
                 started[i][0].on_llm_new_token(str(chunk.message.content), chunk=chunk)
                 totals[i] = chunk if i not in totals else totals[i] + chunk
@@ -87,6 +92,10 @@ def batch(
             continue
         for i in idxs:
             run, call = started[i]
+            if call.error is not None:  # this input alone could not run
+                run.on_llm_error(call.error)
+                results[i] = call.error
+                continue
             gen = to_generation(totals[i], call.parsed)
             if gen.message.id is None:
                 gen.message.id = f"lc_run--{run.run_id}"

@@ -5,7 +5,8 @@
 conversation is rendered for the model's template (tools included), and the engine plans the
 request. :func:`decode_calls` decodes prepared calls together and yields their chunks; the last
 chunk of each call carries tool calls, usage and the ``guardrail`` metadata, decided after the
-engine is released so a refusal detector may use the model itself.
+engine is released so a refusal detector may use the model itself. A call that cannot run (it
+does not fit the model's context) raises, or, when isolated, fails alone: ``Call.error``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk
 
 from guardrail.decoding.constraints import ToolCallConstraint
-from guardrail.decoding.loop import FinishEvent, GenerationRequest, TokenEvent
+from guardrail.decoding.loop import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
 from guardrail.engine import Engine
+from guardrail.errors import ContextOverflowError
 from guardrail.guard import Guard, last_user_text
 from guardrail.loading import get_engine
 from guardrail.policy import Policy
@@ -87,6 +89,7 @@ class Call:
     generated: str = ""
     emitted: str = ""
     finish: FinishEvent | None = field(default=None, repr=False)
+    error: ContextOverflowError | None = None  # the call could not run (decode_calls isolate)
     parsed: ParsedOutput | None = None  # the final answer: text, tool calls, invalid calls
 
     @property
@@ -246,18 +249,23 @@ def final_chunk(c: Call) -> ChatGenerationChunk:
 
 
 def decode_calls(
-    calls: Sequence[Call], cancel: threading.Event | None = None
+    calls: Sequence[Call], cancel: threading.Event | None = None, *, isolate: bool = False
 ) -> Iterator[tuple[int, ChatGenerationChunk]]:
     """Decode ``calls`` (all on one engine) together; yield ``(call index, chunk)``.
 
     Finishing (refusal detection, tool parsing) happens after the engine is released, so a
-    detector may use the model itself.
+    detector may use the model itself. A call that cannot run (its prompt does not fit the
+    context) raises :class:`~guardrail.errors.ContextOverflowError` before anything is decoded;
+    with ``isolate=True`` it fails alone instead: its ``error`` is set, no chunk is yielded for
+    it (not even a last one), and the other calls are decoded. The caller must then check
+    ``Call.error`` of every call.
     """
     live = [i for i, c in enumerate(calls) if c.request is not None]
     if live:
         engine = calls[live[0]].engine
         reqs = [calls[i].request for i in live]
-        with closing(engine.stream(reqs)) as events:  # type: ignore[arg-type]
+        errors = "event" if isolate else "raise"
+        with closing(engine.stream(reqs, errors=errors)) as events:  # type: ignore[arg-type]
             for ev in events:
                 if cancel is not None and cancel.is_set():
                     return
@@ -271,8 +279,11 @@ def decode_calls(
                         )
                 elif isinstance(ev, FinishEvent):
                     c.finish = ev
+                elif isinstance(ev, ErrorEvent):
+                    c.error = ev.error
     for i, c in enumerate(calls):
-        yield i, final_chunk(c)
+        if c.error is None:
+            yield i, final_chunk(c)
 
 
 def to_generation(chunk: ChatGenerationChunk, parsed: ParsedOutput | None) -> ChatGeneration:

@@ -6,7 +6,8 @@ policy's strategy through guardrail's one decoding loop, and returns an ``AIMess
 the refuse/comply modes, refusal detection).
 
 * One code path: ``_generate`` collects ``_stream``; ``_agenerate`` collects ``_astream``, which
-  runs the same token loop in a worker thread (:mod:`guardrail.langchain.aio`).
+  runs the same token loop in a worker thread (:mod:`guardrail.langchain.threads`); the sync
+  path decodes ahead in a worker too, so a paused ``stream()`` never holds the model.
 * Lazy and shared: constructing the object loads nothing; the model is loaded on first use and
   cached by backend, path and load options (:mod:`guardrail.loading`), so a per-request policy
   switch or option never reloads weights.
@@ -34,7 +35,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from guardrail.langchain import batching
-from guardrail.langchain.aio import iterate_in_thread
+from guardrail.langchain.threads import iterate_ahead, iterate_in_thread
 from guardrail.langchain.calls import Call, decode_calls, prepare, to_generation
 from guardrail.langchain.options import (
     CALL_OPTIONS,
@@ -193,7 +194,8 @@ class GuardedChatModel(BaseChatModel):
     def _stream_call(
         self, call: Call, run_manager: CallbackManagerForLLMRun | None
     ) -> Iterator[ChatGenerationChunk]:
-        for _, chunk in decode_calls([call]):
+        # Decoded ahead in a worker thread: a paused stream never holds the model.
+        for chunk in iterate_ahead(lambda cancel: (c for _, c in decode_calls([call], cancel))):
             if run_manager is not None:
                 run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
             yield chunk
