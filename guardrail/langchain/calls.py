@@ -35,7 +35,7 @@ from guardrail.langchain.tool_calls import (
     ParsedOutput,
     TemplateToolSupport,
     call_schema,
-    check_tool_names,
+    check_tools,
     forced_prefix,
     normalise_tool_choice,
     parse_tool_calls,
@@ -108,8 +108,8 @@ def prepare(
     """Render, check and plan one call under ``policy`` (loads the model on first use)."""
     engine = get_engine(policy.model)
     guard = Guard(policy, engine)
+    check_tools(list(tools or []))
     tools = [dict(t) for t in tools or []]
-    check_tool_names(tools)
     mode, forced = normalise_tool_choice(tool_choice, tools)
     support = template_support(engine)
     tmpl = to_template_messages(messages, support if tools else None)

@@ -32,7 +32,7 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from guardrail.langchain import batching
 from guardrail.langchain.threads import iterate_ahead, iterate_in_thread
@@ -45,11 +45,14 @@ from guardrail.langchain.options import (
     build_policy,
     from_config,
     split_call_kwargs,
+    stop_list,
+    validation_summary,
 )
+from guardrail.errors import ConfigError
 from guardrail.models import EMBEDDED_FILE
 from guardrail.policy import Policy
 from guardrail.policy.schema import CallerRights
-from guardrail.langchain.tool_calls import check_tool_names, normalise_tool_choice
+from guardrail.langchain.tool_calls import check_tools, normalise_tool_choice
 
 _INSTANCE_OPTIONS = ("model", "backend", "system_prompt", *LOAD_OPTIONS, *SAMPLING_OPTIONS,
                      *STRATEGY_OPTIONS)
@@ -123,6 +126,13 @@ class GuardedChatModel(BaseChatModel):
 
     _policy_obj: Policy = PrivateAttr()
 
+    def __init__(self, **kwargs: Any) -> None:
+        """Validate the fields; a bad one is a :class:`ConfigError` naming it."""
+        try:
+            super().__init__(**kwargs)
+        except ValidationError as e:
+            raise ConfigError(f"GuardedChatModel: {validation_summary(e)}") from None
+
     # ------------------------------------------------------------------ construction
 
     @model_validator(mode="after")
@@ -177,7 +187,7 @@ class GuardedChatModel(BaseChatModel):
             ls_temperature=kwargs.get("temperature", s.temperature),
             ls_max_tokens=kwargs.get("max_new_tokens", kwargs.get("max_tokens", s.max_new_tokens)),
         )
-        stops = stop or self.stop or list(s.stop)
+        stops = stop_list(stop) or self.stop or list(s.stop)
         if stops:
             params["ls_stop"] = list(stops)
         return params
@@ -188,7 +198,7 @@ class GuardedChatModel(BaseChatModel):
         self, messages: Sequence[BaseMessage], stop: Sequence[str] | None, kwargs: dict[str, Any]
     ) -> Call:
         policy = self._policy_for(split_call_kwargs(kwargs))
-        return prepare(policy, messages, stop=[*(self.stop or []), *(stop or [])],
+        return prepare(policy, messages, stop=[*(self.stop or []), *stop_list(stop)],
                        tools=kwargs.get("tools"), tool_choice=kwargs.get("tool_choice"))
 
     def _stream_call(
@@ -304,8 +314,13 @@ class GuardedChatModel(BaseChatModel):
                 (the answer is made to start as a tool call), or a tool name to force it.
             **kwargs: further call options bound with the tools.
         """
-        formatted = [convert_to_openai_tool(t) for t in tools]
-        check_tool_names(formatted)
+        formatted = []
+        for i, t in enumerate(tools):
+            try:
+                formatted.append(convert_to_openai_tool(t))
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"tools[{i}]: not a tool LangChain can describe ({e})") from None
+        check_tools(formatted)
         normalise_tool_choice(tool_choice, formatted)  # fail now on a bad value
         return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
 

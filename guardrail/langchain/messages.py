@@ -32,8 +32,8 @@ from guardrail.langchain.tool_calls import (
 from guardrail.strategies.prompts import merge_system
 
 
-def _text_of(content: str | list[Any], where: str) -> str:
-    """The text of a message's content; non-text blocks other than tool-use are refused."""
+def _blocks_text(content: str | list[Any], where: str) -> str:
+    """The text of a message's content blocks; non-text blocks other than tool-use are refused."""
     if isinstance(content, str):
         return content
     parts: list[str] = []
@@ -52,6 +52,18 @@ def _text_of(content: str | list[Any], where: str) -> str:
                     "templates take text only (allowed block types: 'text')"
                 )
     return "".join(parts)
+
+
+def _text_of(content: str | list[Any], where: str) -> str:
+    """The text of a message's content, checked to be valid Unicode (a lone surrogate cannot be
+    encoded for any tokenizer)."""
+    text = _blocks_text(content, where)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ConfigError(f"{where}: text is not valid Unicode (a lone surrogate at character "
+                          f"{e.start})") from None
+    return text
 
 
 def _call_dict(tc: ToolCall) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
+from pydantic import ValidationError
 
 from guardrail.errors import ConfigError
 from guardrail.policy import Policy, load_policy, with_overrides
@@ -54,6 +55,24 @@ def from_config(config: RunnableConfig | None, kwargs: Mapping[str, Any]) -> dic
     conf = (config or {}).get("configurable") or {}
     picked = {k: conf[k] for k in CALL_OPTIONS if k in conf and k not in kwargs}
     return {**picked, **kwargs}
+
+
+def stop_list(stop: Any) -> list[str]:
+    """``stop`` as a list of strings: one string is one stop sequence (never its characters)."""
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, (list, tuple)) and all(isinstance(s, str) for s in stop):
+        return list(stop)
+    raise ConfigError(f"stop: expected a string or a list of strings, got {stop!r:.80}")
+
+
+def validation_summary(e: ValidationError) -> str:
+    """A pydantic error as ``field: message`` parts (no input echoed beyond pydantic's own)."""
+    return "; ".join(
+        f"{'.'.join(str(x) for x in err['loc']) or 'value'}: {err['msg']}" for err in e.errors()
+    )
 
 
 def split_call_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -152,5 +171,6 @@ def build_policy(
 
 __all__ = [
     "CALL_ONLY", "CALL_OPTIONS", "LOAD_OPTIONS", "SAMPLING_OPTIONS", "STRATEGY_OPTIONS",
-    "as_policy", "build_policy", "from_config", "split_call_kwargs",
+    "as_policy", "build_policy", "from_config", "split_call_kwargs", "stop_list",
+    "validation_summary",
 ]

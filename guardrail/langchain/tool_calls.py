@@ -257,13 +257,30 @@ def safe_text_end(text: str, fmt: ToolFormat) -> int:
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-def check_tool_names(tools: Sequence[Mapping[str, Any]]) -> None:
-    """Reject tools without a usable name (the model must be able to write it)."""
-    for i, name in enumerate(tool_names(tools)):
-        if not _NAME_RE.match(name):
+def check_tools(tools: Sequence[Any]) -> None:
+    """Reject tools the model cannot be offered: not an OpenAI tool dict, a name it could not
+    write, or parameters that are not a JSON-Schema object (``properties`` a mapping)."""
+    for i, t in enumerate(tools):
+        fn = t.get("function") if isinstance(t, Mapping) else None
+        if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
             raise ConfigError(
-                f"tools[{i}]: name {name!r} is not allowed; use 1-64 letters, digits, '_', '.', '-'"
+                f"tools[{i}]: expected an OpenAI tool dict {{'type': 'function', 'function': "
+                f"{{'name': ..., 'parameters': {{...}}}}}}, got {type(t).__name__}"
             )
+        if not _NAME_RE.match(fn["name"]):
+            raise ConfigError(f"tools[{i}]: name {fn['name']!r} is not allowed; use 1-64 "
+                              "letters, digits, '_', '.', '-'")
+        params = fn.get("parameters")
+        if params is None:
+            continue
+        if not isinstance(params, Mapping) or params.get("type", "object") != "object":
+            raise ConfigError(f"tools[{i}] ({fn['name']}): parameters must be a JSON-Schema "
+                              "object ({'type': 'object', 'properties': {...}})")
+        props = params.get("properties", {})
+        if not isinstance(props, Mapping) or not all(isinstance(v, Mapping)
+                                                     for v in props.values()):
+            raise ConfigError(f"tools[{i}] ({fn['name']}): parameters.properties must map each "
+                              "argument name to its schema")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,6 +306,6 @@ def call_schema(tools: Sequence[Mapping[str, Any]], name: str | None) -> dict[st
 
 __all__ = [
     "HERMES_TOOLS_SYSTEM", "PYTHON_TAG", "TOOL_CALL_CLOSE", "TOOL_CALL_OPEN", "ParsedOutput",
-    "TemplateToolSupport", "ToolFormat", "call_schema", "check_tool_names", "forced_prefix",
+    "TemplateToolSupport", "ToolFormat", "call_schema", "check_tools", "forced_prefix",
     "normalise_tool_choice", "parse_tool_calls", "probe_template", "safe_text_end", "tool_names",
 ]

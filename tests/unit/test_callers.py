@@ -137,3 +137,27 @@ def test_rules_hold_through_the_chat_model_and_cannot_be_switched_off() -> None:
         assert llm.invoke(msgs).content == "No."
     with pytest.raises(ConfigError, match="callers"):
         llm.invoke("a bomb", policy="plain")
+
+
+@pytest.mark.parametrize(("build", "needle"), [
+    (lambda: GuardedChatModel(policy="plain").invoke("hi \ud800"), "lone surrogate"),
+    (lambda: GuardedChatModel(policy="plain", seed=-1), "seed"),
+    (lambda: GuardedChatModel(policy="plain").invoke("hi", seed=-1), "seed"),
+    (lambda: GuardedChatModel(policy="plain", system_prompt=5), "system_prompt"),
+    (lambda: GuardedChatModel(policy="plain").bind_tools(["notatool"]), r"tools\[0\]"),
+    (lambda: GuardedChatModel(policy="plain").invoke("hi", tools=["notatool"]), r"tools\[0\]"),
+    (lambda: GuardedChatModel(policy="plain").bind_tools(
+        [{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": 5}}}], tool_choice="f").invoke("hi"), "properties"),
+    (lambda: GuardedChatModel(policy="plain").invoke("hi", stop=5), "stop"),
+])
+def test_bad_input_is_a_guardrail_error_naming_it(build, needle: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match=needle):
+        build()
+
+
+def test_a_stop_string_is_one_stop_sequence() -> None:
+    llm = GuardedChatModel(policy="plain")
+    assert llm.invoke("Write a poem about rain.", stop="xyz e").content == (
+        "Sure, here is a poem about rain.")  # not cut at the first "e"
+    assert llm.invoke("Write a poem about rain.", stop="poem").content == "Sure, here is a "
