@@ -13,13 +13,20 @@ import threading
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from guardrail.adapters.base import Backend, Message, MultiModel
-from guardrail.decoding.loop import FinishEvent, GenerationRequest, TokenEvent, decode
+from guardrail.decoding.loop import (
+    ErrorEvent,
+    FinishEvent,
+    GenerationRequest,
+    OnError,
+    TokenEvent,
+    decode,
+)
 from guardrail.decoding.rules import AttachedRule, StepInfo
 from guardrail.decoding.sampling import SamplingParams
-from guardrail.errors import ConfigError
+from guardrail.errors import ConfigError, ContextOverflowError
 from guardrail.policy.model import ModelConfig
 from guardrail.policy.schema import Policy
 from guardrail.strategies import Plan, plan
@@ -140,12 +147,17 @@ class Engine:
     # ------------------------------------------------------------------ decoding
 
     def stream(
-        self, requests: Sequence[GenerationRequest]
-    ) -> Iterator[TokenEvent | FinishEvent]:
+        self, requests: Sequence[GenerationRequest], *, errors: OnError = "raise"
+    ) -> Iterator[TokenEvent | FinishEvent | ErrorEvent]:
         """Decode ``requests`` together, holding the backend for the whole run. A request whose
         rule changes the model while it runs (:class:`AttachedRule`) is decoded alone inside
         that context, after the others; a request on its own backend (experts on other models)
-        is decoded alone too, holding those models' locks as well."""
+        is decoded alone too, holding those models' locks as well.
+
+        A request that cannot run (it does not fit the context) raises before anything is
+        decoded (``errors="raise"``, the default) or, with ``errors="event"``, gets one
+        :class:`~guardrail.decoding.loop.ErrorEvent` and fails alone while the others are
+        decoded (see :mod:`guardrail.decoding.loop`)."""
         alone = [i for i, r in enumerate(requests) if isinstance(r.rule, AttachedRule)]
         together = [i for i in range(len(requests)) if i not in alone]
         locks = {id(self.lock): self.lock}
@@ -159,19 +171,41 @@ class Engine:
             groups += [([i], requests[i].rule.attached()) for i in alone]  # type: ignore[attr-defined]
             for idx, ctx in groups:
                 with ctx:
-                    for ev in decode(self.backend, [requests[i] for i in idx]):
+                    for ev in decode(self.backend, [requests[i] for i in idx], errors=errors):
                         ev.request = idx[ev.request]
                         yield ev
 
-    def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-        """Decode ``requests`` together and collect each answer."""
-        out: list[Generation | None] = [None] * len(requests)
-        for ev in self.stream(requests):
+    @overload
+    def generate_many(
+        self, requests: Sequence[GenerationRequest], *, return_exceptions: Literal[False] = ...
+    ) -> list[Generation]: ...
+
+    @overload
+    def generate_many(
+        self, requests: Sequence[GenerationRequest], *, return_exceptions: Literal[True]
+    ) -> list[Generation | ContextOverflowError]: ...
+
+    def generate_many(
+        self, requests: Sequence[GenerationRequest], *, return_exceptions: bool = False
+    ) -> list[Generation] | list[Generation | ContextOverflowError]:
+        """Decode ``requests`` together and collect each answer, in request order.
+
+        A request that cannot run (it does not fit the context) raises its
+        :class:`~guardrail.errors.ContextOverflowError` before anything is decoded; with
+        ``return_exceptions=True`` its slot holds that error instead and the others are answered.
+        """
+        out: list[Generation | ContextOverflowError | None] = [None] * len(requests)
+        for ev in self.stream(requests, errors="event" if return_exceptions else "raise"):
             if isinstance(ev, FinishEvent):
                 out[ev.request] = Generation(
                     ev.text, ev.token_ids, ev.prompt_tokens, ev.reason, ev.steps
                 )
-        return [g for g in out if g is not None]
+            elif isinstance(ev, ErrorEvent):
+                out[ev.request] = ev.error
+        missing = [i for i, g in enumerate(out) if g is None]
+        if missing:  # every request ends in a finish or an error event
+            raise RuntimeError(f"generate_many: no result for request(s) {missing}")
+        return out  # type: ignore[return-value]
 
     def generate(self, policy: Policy, messages: Sequence[Message], **kw: Any) -> Generation:
         """One answer under ``policy``."""

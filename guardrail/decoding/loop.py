@@ -5,6 +5,15 @@ turns its streams' logits into final logits, the request's logits processors con
 (:mod:`guardrail.decoding.processors`), the sampler picks a token, the token goes to every
 stream of that request. Streams a rule no longer needs and streams of finished requests are freed.
 Events are yielded as they happen, so streaming needs nothing more.
+
+Events: a :class:`TokenEvent` per generated token, then one :class:`FinishEvent` per request.
+A request that cannot run at all (its prompts, or its streams' shared context, do not fit:
+:class:`~guardrail.errors.ContextOverflowError`) is checked before anything is decoded. By
+default (``errors="raise"``) that error is raised before any stream is opened, failing the
+whole call; with ``errors="event"`` that request gets one :class:`ErrorEvent` instead (yielded
+first, before any token, and nothing else for it) and every other request is decoded as usual,
+so one bad request fails alone. Raising stays the default so that a consumer that only looks
+for finish events cannot drop a failed request silently.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from guardrail.decoding.text import TextAssembler
 from guardrail.errors import ConfigError, ContextOverflowError
 
 FinishReason = Literal["stop", "length", "stop_string"]
+OnError = Literal["raise", "event"]
 
 
 @dataclass
@@ -88,6 +98,16 @@ class FinishEvent:
     prompt_tokens: int
     steps: list[StepInfo] = field(default_factory=list)
     tail: str = ""  # text released at the end (held back until then)
+
+
+@dataclass
+class ErrorEvent:
+    """Request ``request`` could not run and was not decoded; ``error`` says why (a
+    :class:`~guardrail.errors.ContextOverflowError` naming the request). Only yielded by
+    ``decode(..., errors="event")``; the request gets no other event."""
+
+    request: int
+    error: ContextOverflowError
 
 
 @dataclass
@@ -161,25 +181,39 @@ def _groups(
 
 
 def decode(
-    backend: Backend, requests: Sequence[GenerationRequest]
-) -> Iterator[TokenEvent | FinishEvent]:
+    backend: Backend, requests: Sequence[GenerationRequest], *, errors: OnError = "raise"
+) -> Iterator[TokenEvent | FinishEvent | ErrorEvent]:
     """Generate every request; yield token and finish events as they happen.
 
     Requests are decoded together, in as few batches as the backend's stream capacity (and, for
     a shared context, its size) allows. The caller must hold the backend exclusively for the
-    whole iteration.
+    whole iteration. A request that does not fit the context raises
+    :class:`~guardrail.errors.ContextOverflowError` before anything is decoded
+    (``errors="raise"``) or gets one :class:`ErrorEvent`, yielded before any other event, while
+    the others are decoded (``errors="event"``); see the module docstring.
     """
-    checked = [_check_context(r.backend or backend, r, i) for i, r in enumerate(requests)]
-    caps, tokens = [c for c, _ in checked], [t for _, t in checked]
+    if errors not in ("raise", "event"):
+        raise ConfigError(f"errors must be 'raise' or 'event', got {errors!r}")
+    caps: dict[int, int] = {}
+    tokens: dict[int, int] = {}
+    failed: list[ErrorEvent] = []
+    for i, r in enumerate(requests):
+        try:
+            caps[i], tokens[i] = _check_context(r.backend or backend, r, i)
+        except ContextOverflowError as e:
+            if errors == "raise":
+                raise
+            failed.append(ErrorEvent(i, e))
+    yield from failed
     budget = backend.n_ctx if backend.shared_context else None
-    shared = [i for i, r in enumerate(requests) if r.backend is None]
+    shared = [i for i, r in enumerate(requests) if r.backend is None and i in caps]
     for group in _groups([requests[i] for i in shared], backend.max_streams,
                          [tokens[i] for i in shared], budget):
         yield from _decode_batch(
             backend, [(shared[j], requests[shared[j]], caps[shared[j]]) for j in group]
         )
     for i, r in enumerate(requests):
-        if r.backend is not None:
+        if r.backend is not None and i in caps:
             yield from _decode_batch(r.backend, [(i, r, caps[i])])
 
 

@@ -264,8 +264,12 @@ def decode_calls(
     if live:
         engine = calls[live[0]].engine
         reqs = [calls[i].request for i in live]
-        errors = "event" if isolate else "raise"
-        with closing(engine.stream(reqs, errors=errors)) as events:  # type: ignore[arg-type]
+        # (a plain call keeps the engine's default: raise before decoding anything)
+        stream = (
+            engine.stream(reqs, errors="event")  # type: ignore[arg-type]
+            if isolate else engine.stream(reqs)  # type: ignore[arg-type]
+        )
+        with closing(stream) as events:
             for ev in events:
                 if cancel is not None and cancel.is_set():
                     return
