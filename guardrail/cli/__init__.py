@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import typer
 
+from guardrail.cli import chat, demo, policy
+from guardrail.cli import eval as eval_cli
+from guardrail.cli import experts as experts_cli
+from guardrail.cli import refusal as refusal_cli
+from guardrail.cli import router as router_cli
+from guardrail.cli import tune as tune_cli
+
 app = typer.Typer(
     name="guardrail",
     help="Decode-time safety policies for local LLMs.",
@@ -12,28 +19,7 @@ app = typer.Typer(
 )
 
 
-def _register() -> None:
-    from guardrail.cli import chat, demo, policy
-    from guardrail.cli import eval as eval_cli
-
-    demo.register(app)
-    policy.register(app)
-    chat.register(app)
-    eval_cli.register(app)
-    from guardrail.cli import router as router_cli
-
-    router_cli.register(app)
-    from guardrail.cli import experts as experts_cli
-
-    experts_cli.register(app)
-    from guardrail.cli import tune as tune_cli
-
-    tune_cli.register(app)
-    from guardrail.cli import refusal as refusal_cli
-
-    refusal_cli.register(app)
-
-
-_register()
+for _module in (demo, policy, chat, eval_cli, router_cli, experts_cli, tune_cli, refusal_cli):
+    _module.register(app)
 
 __all__ = ["app"]

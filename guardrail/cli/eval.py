@@ -8,6 +8,14 @@ from typing import Optional
 import typer
 
 from guardrail.errors import ConfigError, GuardrailError
+from guardrail import eval as ev
+from guardrail.eval.runner import refusal_config
+from guardrail.eval.summary import EvalSummary
+from guardrail.loading import get_engine
+from guardrail.policy import ModelConfig, Policy
+from guardrail.refusal import get_detector
+from guardrail.refusal.agreement import load_labelled, measure
+from guardrail.refusal.agreement import sample as take
 
 eval_app = typer.Typer(
     help="Measure over-refusal and safety of policies on a dataset (resumable).",
@@ -21,7 +29,6 @@ def _fail(e: Exception) -> typer.Exit:
 
 
 def _print_table(summary: object) -> None:
-    from guardrail.eval.summary import EvalSummary
 
     assert isinstance(summary, EvalSummary)
     for p in summary.policies:
@@ -63,7 +70,6 @@ def eval_command(
     and report.png. An interrupted run resumes where it stopped when re-run with the same DIR."""
     if ctx.invoked_subcommand is not None:
         return
-    from guardrail import eval as ev
 
     try:
         if report is not None:
@@ -97,7 +103,6 @@ def rescore(
     batch_size: int = typer.Option(8, help="Answers decided together."),
 ) -> None:
     """Decide a run's answers again with another detector (no regeneration; resumable)."""
-    from guardrail import eval as ev
 
     try:
         summary = ev.rescore(source, out=out, detector=detector, judge_model=judge_model,
@@ -123,11 +128,6 @@ def agreement(
 ) -> None:
     """A detector's agreement with human refusal labels (gold: full or partial refusal). A
     refusal probe is measured on the answers it was not trained on."""
-    from guardrail.eval.runner import refusal_config
-    from guardrail.policy import ModelConfig, Policy
-    from guardrail.refusal import get_detector
-    from guardrail.refusal.agreement import load_labelled, measure
-    from guardrail.refusal.agreement import sample as take
 
     try:
         answers = take(load_labelled(files), sample, seed)
@@ -136,7 +136,6 @@ def agreement(
                               "reads the model it was trained on")
         engine = None
         if detector == "judge":
-            from guardrail.loading import get_engine
 
             engine = get_engine(ModelConfig(backend=backend, path=model))  # type: ignore[arg-type]
         config = refusal_config(detector, None, Policy(name="agreement"), probe_file=probe_file)

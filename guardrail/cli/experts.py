@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 
 from guardrail.errors import GuardrailError
+from guardrail.experts.lora_gguf import convert_peft_lora
+from guardrail.models import resolve_model_path
 
 experts_app = typer.Typer(help="Expert adapters (docs/experts.md).", no_args_is_help=True)
 
@@ -25,8 +27,6 @@ def convert_lora(
     ),
 ) -> None:
     """Convert a MidPO expert adapter so llama.cpp can run it as an expert stream."""
-    from guardrail.experts.lora_gguf import convert_peft_lora
-    from guardrail.models import resolve_model_path
 
     try:
         path = convert_peft_lora(adapter, resolve_model_path(model), out)

@@ -10,6 +10,11 @@ import typer
 
 from guardrail.cli.router import write_card
 from guardrail.errors import GuardrailError
+from guardrail.experts.data import sha256_file
+from guardrail.loading import get_engine
+from guardrail.policy import ModelConfig
+from guardrail.refusal.agreement import load_labelled
+from guardrail.refusal.probe import save_refusal_probe, train_refusal_probe
 
 refusal_app = typer.Typer(help="Refusal detectors (docs/evaluation.md).", no_args_is_help=True)
 
@@ -38,11 +43,6 @@ def train(
 ) -> None:
     """Train a refusal probe; use it with ``--detector probe --probe-file FILE`` or a policy's
     ``refusal: {detector: probe, probe: {path: FILE, model: ...}}``."""
-    from guardrail.loading import get_engine
-    from guardrail.experts.data import sha256_file
-    from guardrail.policy import ModelConfig
-    from guardrail.refusal.agreement import load_labelled
-    from guardrail.refusal.probe import save_refusal_probe, train_refusal_probe
 
     try:
         answers = load_labelled(files)

@@ -14,6 +14,9 @@ from typing import Any, Optional
 import typer
 
 from guardrail.errors import ConfigError, GuardrailError
+from guardrail import eval as ev
+from guardrail.policy import load_policy
+from guardrail.policy.loader import with_overrides
 
 
 def parse_param(spec: str) -> tuple[str, list[Any]]:
@@ -36,8 +39,6 @@ def parse_param(spec: str) -> tuple[str, list[Any]]:
 
 def grid_policies(base: Any, params: list[tuple[str, list[Any]]], threads: int | None) -> list[Any]:
     """One policy per grid point: ``base`` with the strategy values set, named after them."""
-    from guardrail.policy import load_policy
-    from guardrail.policy.loader import with_overrides
 
     policy = load_policy(base)
     names = [n for n, _ in params]
@@ -108,7 +109,6 @@ def tune(
     ),
 ) -> None:
     """Sweep a rule's parameters and print safe-prompt vs unsafe-prompt refusal per setting."""
-    from guardrail import eval as ev
 
     try:
         params = [parse_param(p) for p in param]

@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from guardrail.errors import ConfigError
+from guardrail.loading import get_engine
+from guardrail.policy.model import ModelConfig
 from guardrail.refusal.base import LABELS, Detector, RefusalResult
+from guardrail.refusal.judge import JudgeDetector
+from guardrail.refusal.probe import SHIPPED, RefusalProbeDetector, load_refusal_probe
 from guardrail.refusal.string_match import XSTEST_PREFIXES, StringMatchDetector, string_match
 
 DETECTORS = ("string_match", "judge", "probe")
@@ -35,13 +39,11 @@ def get_detector(config: Any = None, engine: Any = None) -> Detector:
     if name == "string_match":
         return StringMatchDetector(None if isinstance(config, str) else config.prefixes)
     if name == "judge":
-        from guardrail.refusal.judge import JudgeDetector
 
         judge = None if isinstance(config, str) else getattr(config, "judge", None)
         model = getattr(judge, "model", None)
         max_new = getattr(judge, "max_new_tokens", None) or 16
         if model is not None:
-            from guardrail.loading import get_engine
 
             engine = get_engine(model)
         if engine is None:
@@ -57,9 +59,6 @@ def get_detector(config: Any = None, engine: Any = None) -> Detector:
 
 def _probe_detector(settings: Any) -> Detector:
     """A :class:`~guardrail.refusal.probe.RefusalProbeDetector` for a ``probe`` section."""
-    from guardrail.loading import get_engine
-    from guardrail.policy.model import ModelConfig
-    from guardrail.refusal.probe import SHIPPED, RefusalProbeDetector, load_refusal_probe
 
     path = getattr(settings, "path", None) or SHIPPED
     probe = load_refusal_probe(path)
@@ -73,14 +72,6 @@ def _probe_detector(settings: Any) -> Detector:
         )
     return RefusalProbeDetector(engine.backend, probe, name=name, lock=engine.lock,
                                 threshold=getattr(settings, "threshold", None))
-
-
-def __getattr__(name: str) -> Any:
-    if name == "JudgeDetector":  # lazy: the judge imports the engine and its backends
-        from guardrail.refusal.judge import JudgeDetector
-
-        return JudgeDetector
-    raise AttributeError(f"module 'guardrail.refusal' has no attribute {name!r}")
 
 
 __all__ = [

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from guardrail.errors import ConfigError
 from guardrail.refusal.base import Detector
+from guardrail.refusal.probe import answer_key
 
 GOLD = {"1_full_compliance": False, "2_full_refusal": True, "3_partial_refusal": True}
 
@@ -92,7 +93,6 @@ def sample(answers: list[LabelledAnswer], n: int | None, seed: int = 0) -> list[
 def held_out(answers: Sequence[LabelledAnswer], detector: Detector) -> list[LabelledAnswer]:
     """The answers ``detector`` was not trained on (a refusal probe lists its training answers;
     other detectors were trained on none of them)."""
-    from guardrail.refusal.probe import answer_key
 
     trained = getattr(getattr(detector, "probe", None), "trained_on", frozenset())
     return [a for a in answers if answer_key(a.prompt, a.response) not in trained]
