@@ -3,7 +3,10 @@ answered, ``unsafe`` = should be refused), optional ``id`` and ``type``.
 
 ``xstest`` names the copy of XSTest shipped in the package, so evaluations run offline. Every
 problem is reported with the file, the row (CSV: the line number including the header; JSONL:
-the line number) and what is allowed.
+the line number) and what is allowed. A CSV header that names a column twice, a CSV row with
+a filled cell past the header's columns, and a JSONL object with a key twice are errors (they
+would otherwise be read silently, one value winning or dropped), naming the line and, for CSV,
+the column.
 """
 
 from __future__ import annotations
@@ -83,17 +86,47 @@ def load_dataset(name_or_path: str | Path) -> list[Example]:
 
 def _csv_rows(name: str, text: str) -> Iterator[tuple[str, dict[str, Any]]]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = reader.fieldnames or []
+    header = list(reader.fieldnames or [])
     missing = [c for c in ("prompt", "label") if c not in header]
     if missing:
         raise DatasetError(
             f"{name} row 1 (header): missing column(s) {', '.join(missing)}; "
             f"found {', '.join(header) or 'none'}; required: prompt, label; optional: id, type"
         )
+    for col, field in enumerate(header, start=1):
+        first = header.index(field) + 1
+        if field and first != col:
+            raise DatasetError(
+                f"{name} line {reader.line_num} (header), column {col}: column {field!r} "
+                f"already is column {first}; each column may appear once"
+            )
     for row in reader:
+        extra = [str(v) for v in row.pop(None, None) or []]  # type: ignore[call-overload]
+        filled = [i for i, v in enumerate(extra) if v.strip()]
+        if filled:  # cells past the header's last column (empty trailing cells are harmless)
+            raise DatasetError(
+                f"{name} line {reader.line_num}, column {len(header) + filled[0] + 1}: "
+                f"{extra[filled[0]]!r} is past the header's {len(header)} columns "
+                f"({', '.join(header)}); quote a cell that holds a comma"
+            )
         if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
             continue  # blank line
         yield f"row {reader.line_num}", row
+
+
+class _RepeatedKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _RepeatedKey(k)
+        out[k] = v
+    return out
 
 
 def _jsonl_rows(name: str, text: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -101,9 +134,14 @@ def _jsonl_rows(name: str, text: str) -> Iterator[tuple[str, dict[str, Any]]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             raise DatasetError(f"{name} row {n}: not valid JSON ({e.msg})") from e
+        except _RepeatedKey as e:
+            raise DatasetError(
+                f"{name} row {n}: key {e.key!r} appears twice in the object; "
+                "each field may appear once"
+            ) from e
         if not isinstance(row, dict):
             raise DatasetError(f"{name} row {n}: expected a JSON object, got {type(row).__name__}")
         yield f"row {n}", row

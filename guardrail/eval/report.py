@@ -23,6 +23,10 @@ def _num(x: float | None, fmt: str = "{:.1f}") -> str:
     return "n/a" if x is None else fmt.format(x)
 
 
+def _some(ids: list[str], most: int = 20) -> str:
+    return ", ".join(ids[:most]) + (f" and {len(ids) - most} more" if len(ids) > most else "")
+
+
 def write_report(out_dir: str | Path) -> EvalSummary:
     """Recompute the summary from ``results.jsonl`` and (re)write all three report files."""
     out = Path(out_dir)
@@ -50,15 +54,22 @@ def render_markdown(summary: EvalSummary) -> str:
             "",
         ]
     lines += [
-        "| policy | n | over-refusal (safe refused) | safety (unsafe refused) | F1 | tokens/s |",
-        "|---|---|---|---|---|---|",
+        "| policy | n | over-refusal (safe refused) | safety (unsafe refused) | F1 | tokens/s "
+        "| errors |",
+        "|---|---|---|---|---|---|---|",
     ]
     for p in summary.policies:
         lines.append(
             f"| {p.policy} | {p.n} | {_pct(p.over_refusal_rate)} ({p.refused_safe}/{p.n_safe}) "
             f"| {_pct(p.safety_rate)} ({p.refused_unsafe}/{p.n_unsafe}) "
-            f"| {_num(p.f1, '{:.3f}')} | {_num(p.tokens_per_second)} |"
+            f"| {_num(p.f1, '{:.3f}')} | {_num(p.tokens_per_second)} | {p.n_errors} |"
         )
+    failed = [p for p in summary.policies if p.n_errors]
+    if failed:
+        lines += ["", "Errors: rows that could not run (the prompt does not fit the model's "
+                  "context; `error` in `results.jsonl`), left out of n and of every rate: "
+                  + "; ".join(f"{p.policy}: {p.n_errors} (ids {_some(p.error_ids)})"
+                              for p in failed) + "."]
     names = [p.policy for p in summary.policies]
     lines += ["", "Refusal rate per prompt type (for `safe` types lower is better, for `unsafe`"
               " types higher is better):", "",

@@ -5,18 +5,32 @@ at any moment loses at most the row being written. On resume, rows are keyed by
 ``(policy, id)``; a truncated last line (the write the kill interrupted) is cut off the file
 before anything new is appended. ``run.json`` records the settings a run was started with, so
 a resume with different settings is refused instead of mixing incomparable rows.
+
+Each row records ``prompt_sha256``, the hash of its prompt; a resume on a dataset whose rows
+changed since (another prompt, label or type under a recorded id, or a recorded id no longer
+in the dataset or slice) is refused by :func:`check_rows`, naming the row ids, rather than
+keeping stale rows (or redoing them: the file is append-only). Older files without the field
+are checked against the prompt text each row holds.
+
+A row that could not run (its prompt does not fit the model's context) is recorded as an error
+row: ``finish_reason="error"``, ``error`` says why (naming the dataset row id), no answer. It is
+done like any other row: a resume does not retry it (under the run's fixed settings it would
+fail the same way); delete its line from ``results.jsonl`` to have it tried again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
 from guardrail.errors import ConfigError
+from guardrail.eval.datasets import Example
 
 RESULTS = "results.jsonl"
 SETTINGS = "run.json"
@@ -41,10 +55,59 @@ class ResultRow(BaseModel):
     modes: dict[str, int] = Field(
         default_factory=dict, description="AdaCD steps per mode (refuse/comply); empty for plain."
     )
+    error: str = Field("", description="Why the row could not run (finish_reason 'error').")
+    prompt_sha256: str = Field("", description="SHA-256 of the prompt (empty in older files).")
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.policy, self.id)
+
+    @property
+    def failed(self) -> bool:
+        """The row could not run: no answer, left out of every rate."""
+        return self.finish_reason == "error"
+
+    @property
+    def prompt_hash(self) -> str:
+        """The recorded prompt hash, or the hash of the prompt text (rows of older files)."""
+        return self.prompt_sha256 or prompt_hash(self.prompt)
+
+
+def prompt_hash(prompt: str) -> str:
+    """SHA-256 (hex) of a prompt's UTF-8 text."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+
+def _ids(ids: list[str], most: int = 10) -> str:
+    shown = ", ".join(repr(i) for i in ids[:most])
+    return shown + (f" and {len(ids) - most} more" if len(ids) > most else "")
+
+
+def check_rows(path: Path, rows: Iterable[ResultRow], examples: Iterable[Example]) -> None:
+    """Refuse to resume when ``rows`` were written for other data than ``examples``: a recorded
+    id whose prompt (by hash), label or type changed, or that is no longer among ``examples``."""
+    current = {ex.id: ex for ex in examples}
+    changed: list[str] = []
+    gone: list[str] = []
+    for r in rows:
+        ex = current.get(r.id)
+        if ex is None:
+            if r.id not in gone:
+                gone.append(r.id)
+        elif (r.prompt_hash, r.label, r.type) != (prompt_hash(ex.prompt), ex.label, ex.type):
+            if r.id not in changed:
+                changed.append(r.id)
+    if not changed and not gone:
+        return
+    what = []
+    if changed:
+        what.append(f"row id(s) {_ids(changed)} changed (prompt, label or type)")
+    if gone:
+        what.append(f"row id(s) {_ids(gone)} are no longer in the dataset (or its slice)")
+    raise ConfigError(
+        f"{path}: the dataset changed since these results were written: {'; '.join(what)}; "
+        "resume on the original data or use another --out"
+    )
 
 
 class ResultsFile:

@@ -4,10 +4,17 @@ The model is the first policy's (with ``model``/``backend`` overrides) and every
 it, so policies are compared on the same weights. Prompts are decoded in batches per policy
 (``Engine.generate_many``), each answer is judged, and each row is made durable before the next
 one is written (see :mod:`guardrail.eval.results`).
+
+A prompt that cannot run (it does not fit the model's context) fails alone: it is recorded as an
+error row (``finish_reason="error"``, ``error`` naming the dataset row id) and the evaluation
+goes on. A resume skips error rows like answered ones (they would fail the same way under the
+run's fixed settings) and refuses to go on when the dataset's rows changed since they were
+written (:func:`~guardrail.eval.results.check_rows`).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -18,10 +25,10 @@ from tqdm import tqdm
 
 from guardrail.loading import get_engine
 from guardrail.engine import Engine
-from guardrail.errors import ConfigError, RefusalError
+from guardrail.errors import ConfigError, ContextOverflowError, RefusalError
 from guardrail.eval.datasets import Example, load_dataset, stratified_slice
 from guardrail.eval.report import write_report
-from guardrail.eval.results import ResultRow, ResultsFile, check_settings
+from guardrail.eval.results import ResultRow, ResultsFile, check_rows, check_settings, prompt_hash
 from guardrail.eval.summary import EvalSummary
 from guardrail.policy import ModelConfig, Policy, load_policy
 from guardrail.policy.schema import JudgeConfig, RefusalConfig, RefusalProbeConfig
@@ -112,7 +119,9 @@ def run(
         },
     )
     store = ResultsFile(out_dir)
-    done = {r.key for r in store.read(repair=True)}
+    stored = store.read(repair=True)
+    check_rows(store.path, stored, examples)
+    done = {r.key for r in stored}
     todo = [(p, [ex for ex in examples if (p.name, ex.id) not in done]) for p in pols]
     total = len(pols) * len(examples)
     pending = sum(len(exs) for _, exs in todo)
@@ -178,17 +187,24 @@ def _deliver(guard: Guard, prompt: str, text: str) -> tuple[str, bool]:
         return "", True
 
 
+def _row_error(ex: Example, policy: Policy, err: ContextOverflowError) -> str:
+    """The error of a row that could not run, naming the dataset row, not the batch slot."""
+    detail = re.sub(r"^request \d+: ", "", str(err))
+    return f"dataset row id {ex.id!r} (policy {policy.name!r}): {detail}"
+
+
 def _run_batch(engine: Engine, judge: Detector, policy: Policy, batch: list[Example]
                ) -> list[ResultRow]:
     """Generate and judge one batch under the policy's Guard (request rules before decoding,
-    ``on_refusal`` after); each row gets an equal share of the generation time."""
+    ``on_refusal`` after); each row that ran gets an equal share of the generation time. A
+    prompt that does not fit the context becomes an error row (no answer, not judged)."""
     guard = Guard(policy, engine)
     enforced = [_enforce(guard, ex.prompt) for ex in batch]
     decode = [ex for ex, (answer, _) in zip(batch, enforced) if answer is None]
     requests = [engine.request(policy, [{"role": "user", "content": ex.prompt}]) for ex in decode]
     t0 = time.perf_counter()
-    gens = iter(engine.generate_many(requests) if requests else [])
-    share = (time.perf_counter() - t0) / len(batch)
+    gens = iter(engine.generate_many(requests, return_exceptions=True) if requests else [])
+    elapsed = time.perf_counter() - t0
     rows: list[dict[str, Any]] = []
     for ex, (answer, reason) in zip(batch, enforced):
         if answer is not None:
@@ -197,21 +213,34 @@ def _run_batch(engine: Engine, judge: Detector, policy: Policy, batch: list[Exam
                          "modes": {}})
             continue
         g = next(gens)
+        if isinstance(g, ContextOverflowError):
+            rows.append({"ex": ex, "text": "", "blocked": False, "finish_reason": "error",
+                         "new_tokens": 0, "prompt_tokens": 0, "modes": {},
+                         "error": _row_error(ex, policy, g)})
+            continue
         text, blocked = _deliver(guard, ex.prompt, g.text)
         rows.append({"ex": ex, "text": text, "blocked": blocked,
                      "finish_reason": "blocked" if blocked else g.finish_reason,
                      "new_tokens": g.completion_tokens, "prompt_tokens": g.prompt_tokens,
                      "modes": dict(Counter(g.modes))})
-    judged = [r for r in rows if not r["blocked"]]
+    ran = [r for r in rows if "error" not in r]
+    share = elapsed / len(ran) if ran else 0.0
+    judged = [r for r in ran if not r["blocked"]]
     verdicts = iter(judge.detect_many([(r["ex"].prompt, r["text"]) for r in judged]))
     out = []
     for r in rows:
-        v = RefusalResult(True, "policy", "full_refusal") if r["blocked"] else next(verdicts)
         ex = r["ex"]
+        if "error" in r:
+            v, seconds = RefusalResult(False, "", ""), 0.0
+        elif r["blocked"]:
+            v, seconds = RefusalResult(True, "policy", "full_refusal"), share
+        else:
+            v, seconds = next(verdicts), share
         out.append(ResultRow(
             id=ex.id, prompt=ex.prompt, label=ex.label, type=ex.type, policy=policy.name,
             response=r["text"], refused=v.refused, detector=v.detector, refusal_label=v.label,
             new_tokens=r["new_tokens"], prompt_tokens=r["prompt_tokens"],
-            finish_reason=r["finish_reason"], seconds=share, modes=r["modes"],
+            finish_reason=r["finish_reason"], seconds=seconds, modes=r["modes"],
+            error=r.get("error", ""), prompt_sha256=prompt_hash(ex.prompt),
         ))
     return out
