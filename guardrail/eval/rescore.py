@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from guardrail.loading import get_engine
+
 from guardrail.errors import ConfigError
 from guardrail.eval.report import write_report
 from guardrail.eval.results import ResultsFile, check_settings, read_settings
@@ -51,8 +53,6 @@ def rescore(
     if todo:
         engine = None
         if detector == "judge" and judge_model is None:  # the evaluated model judges itself
-            from guardrail.loading import get_engine
-
             engine = get_engine(model)
         config = refusal_config(detector, judge_model, Policy(name="rescore", model=model),
                                  probe_file=probe_file)
@@ -61,9 +61,15 @@ def rescore(
                   unit="answer", disable=not progress, dynamic_ncols=True) as bar:
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start : start + batch_size]
-                verdicts = judge.detect_many([(r.prompt, r.response) for r in chunk])
-                for row, v in zip(chunk, verdicts):
-                    store.append(row.model_copy(update={
-                        "refused": v.refused, "detector": v.detector, "refusal_label": v.label}))
+                answered = [r for r in chunk if not r.failed]  # an error row has no answer
+                verdicts = iter(judge.detect_many([(r.prompt, r.response) for r in answered]))
+                for row in chunk:
+                    if row.failed:
+                        store.append(row)
+                    else:
+                        v = next(verdicts)
+                        store.append(row.model_copy(update={
+                            "refused": v.refused, "detector": v.detector,
+                            "refusal_label": v.label}))
                     bar.update(1)
     return write_report(dst)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from guardrail.loading import get_engine
 from guardrail.engine import Engine
-from guardrail.errors import ConfigError, ContextOverflowError, RefusalError
+from guardrail.errors import ConfigError, GuardrailError, RefusalError
 from guardrail.eval.datasets import Example, load_dataset, stratified_slice
 from guardrail.eval.report import write_report
 from guardrail.eval.results import ResultRow, ResultsFile, check_rows, check_settings, prompt_hash
@@ -187,7 +187,7 @@ def _deliver(guard: Guard, prompt: str, text: str) -> tuple[str, bool]:
         return "", True
 
 
-def _row_error(ex: Example, policy: Policy, err: ContextOverflowError) -> str:
+def _row_error(ex: Example, policy: Policy, err: GuardrailError) -> str:
     """The error of a row that could not run, naming the dataset row, not the batch slot."""
     detail = re.sub(r"^request \d+: ", "", str(err))
     return f"dataset row id {ex.id!r} (policy {policy.name!r}): {detail}"
@@ -201,10 +201,17 @@ def _run_batch(engine: Engine, judge: Detector, policy: Policy, batch: list[Exam
     guard = Guard(policy, engine)
     enforced = [_enforce(guard, ex.prompt) for ex in batch]
     decode = [ex for ex, (answer, _) in zip(batch, enforced) if answer is None]
-    requests = [engine.request(policy, [{"role": "user", "content": ex.prompt}]) for ex in decode]
+    built: list[Any] = []
+    for ex in decode:  # building reads the prompt (a probe): a prompt too long fails alone
+        try:
+            built.append(engine.request(policy, [{"role": "user", "content": ex.prompt}]))
+        except GuardrailError as e:
+            built.append(e)
+    requests = [b for b in built if not isinstance(b, GuardrailError)]
     t0 = time.perf_counter()
-    gens = iter(engine.generate_many(requests, return_exceptions=True) if requests else [])
+    done = iter(engine.generate_many(requests, return_exceptions=True) if requests else [])
     elapsed = time.perf_counter() - t0
+    gens = iter([b if isinstance(b, GuardrailError) else next(done) for b in built])
     rows: list[dict[str, Any]] = []
     for ex, (answer, reason) in zip(batch, enforced):
         if answer is not None:
@@ -213,7 +220,7 @@ def _run_batch(engine: Engine, judge: Detector, policy: Policy, batch: list[Exam
                          "modes": {}})
             continue
         g = next(gens)
-        if isinstance(g, ContextOverflowError):
+        if isinstance(g, GuardrailError):
             rows.append({"ex": ex, "text": "", "blocked": False, "finish_reason": "error",
                          "new_tokens": 0, "prompt_tokens": 0, "modes": {},
                          "error": _row_error(ex, policy, g)})
