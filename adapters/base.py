@@ -4,16 +4,35 @@ A backend renders chat messages with the model's own chat template, tokenizes, a
 *token streams*: several sequences of the same model advanced together, one batched forward
 pass per step, each returning its next-token logits. Rules, sampling, stopping and streaming
 live in :mod:`guardrail.decoding`; a backend never sees them.
+
+A backend's jobs come in roles. Every backend has the two required ones, and :class:`Backend`
+is their union:
+
+* :class:`ChatText`: the model's text side (chat template, tokenizer, end-of-turn tokens);
+* :class:`Compute`: token streams in, logits out (:meth:`Compute.open`, context limits).
+
+Optional capabilities are ``runtime_checkable`` protocols; code that needs one checks it with
+``isinstance`` (or :func:`require`, which names the backend and what it lacks):
+
+* :class:`HasHiddenStates`: the prompt's final hidden states (llama.cpp, transformers);
+* :class:`HasLoraContexts`: the same weights with a GGUF LoRA adapter on a context of its own
+  (llama.cpp);
+* :class:`HasLayerHooks`: the torch module whose layers faithful expert mixing hooks
+  (transformers);
+* :class:`MultiModel`: streams placed on several member backends, with their locks (routed);
+* :class:`HasHFTokenizer`: a Hugging Face tokenizer (transformers).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
+
+from guardrail.errors import BackendError, ConfigError
 
 #: Special tokens that end an assistant turn in common chat formats (the same list llama.cpp uses
 #: to recognise end-of-generation tokens); a backend adds those its vocabulary has as specials.
@@ -30,7 +49,8 @@ class Streams(ABC):
     """Live token streams of one model, advanced in lock-step.
 
     Streams are addressed by their position among the *live* streams (0 .. ``n_live - 1``);
-    :meth:`keep` drops the others and renumbers the rest in order.
+    :meth:`keep` drops the others and renumbers the rest in order. This is the interface the
+    loop sees; backends implement it through :class:`GuardedStreams`.
     """
 
     @property
@@ -65,8 +85,227 @@ class Streams(ABC):
         self.close()
 
 
-class Backend(ABC):
-    """A loaded model that turns token streams into logits.
+class GuardedStreams(Streams):
+    """:class:`Streams` whose public calls are checked here, once for every backend.
+
+    The public methods refuse closed streams, keep the live count, check that :meth:`append`
+    gets one token per live stream and that :meth:`keep` gets ascending live positions (keeping
+    every stream is a no-op), then call the backend's hooks (``_logits``, ``_append``, ``_keep``,
+    ``_lengths``, ``_close``), which may assume valid arguments. :meth:`close` calls ``_close``
+    once. Subclasses call ``super().__init__(n_live)`` before anything that may raise.
+    """
+
+    def __init__(self, n_live: int) -> None:
+        self._n_live = n_live
+        self._closed = False
+
+    @property
+    def n_live(self) -> int:
+        return self._n_live
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run."""
+        return self._closed
+
+    def _check_open(self, op: str) -> None:
+        if self._closed:
+            raise BackendError(f"{op}: streams are closed")
+
+    def logits(self) -> NDArray[np.float32]:
+        self._check_open("logits")
+        return self._logits()
+
+    def append(self, tokens: Sequence[int]) -> None:
+        self._check_open("append")
+        if len(tokens) != self._n_live:
+            raise ConfigError(f"append: {len(tokens)} tokens for {self._n_live} live streams")
+        self._append(tokens)
+
+    def keep(self, indices: Sequence[int]) -> None:
+        self._check_open("keep")
+        idx = [int(i) for i in indices]
+        if any(not 0 <= i < self._n_live for i in idx) or any(
+            a >= b for a, b in zip(idx, idx[1:])
+        ):
+            raise ConfigError(
+                f"keep: indices {idx} are not ascending positions among {self._n_live} live "
+                "streams"
+            )
+        if len(idx) == self._n_live:  # ascending and in range: every stream, nothing to free
+            return
+        self._keep(idx)
+        self._n_live = len(idx)
+
+    def lengths(self) -> list[int]:
+        return self._lengths()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    @abstractmethod
+    def _logits(self) -> NDArray[np.float32]:
+        """:meth:`logits` of open streams."""
+
+    @abstractmethod
+    def _append(self, tokens: Sequence[int]) -> None:
+        """:meth:`append` of open streams, one token per live stream."""
+
+    @abstractmethod
+    def _keep(self, indices: list[int]) -> None:
+        """:meth:`keep` of open streams: ``indices`` ascending, in range, fewer than all."""
+
+    @abstractmethod
+    def _lengths(self) -> list[int]:
+        """:meth:`lengths`."""
+
+    @abstractmethod
+    def _close(self) -> None:
+        """Free every stream (called once)."""
+
+
+# --- roles --------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class ChatText(Protocol):
+    """Role: the model's text side (chat template, tokenizer, end-of-turn tokens)."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def end_of_turn_ids(self) -> frozenset[int]: ...
+
+    @property
+    def chat_template(self) -> str | None: ...
+
+    def render(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str: ...
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def detokenize(self, ids: Sequence[int]) -> str: ...
+
+    def encode_chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[int]: ...
+
+    def supports_system_role(self) -> bool: ...
+
+
+@runtime_checkable
+class Compute(Protocol):
+    """Role: token streams in, next-token logits out."""
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def n_ctx(self) -> int: ...
+
+    @property
+    def max_streams(self) -> int: ...
+
+    @property
+    def shared_context(self) -> bool: ...
+
+    def open(self, prompts: Sequence[Sequence[int]]) -> Streams: ...
+
+
+@runtime_checkable
+class HasHiddenStates(Protocol):
+    """Capability: the model's final hidden states over a prompt (what prompt probes read)."""
+
+    def prompt_hidden_states(self, ids: Sequence[int]) -> NDArray[np.float32]:
+        """The final hidden state (after the last norm) at every token of ``ids``
+        (``[len(ids), hidden]``, float32)."""
+        ...
+
+    def prompt_hidden_state(self, ids: Sequence[int]) -> NDArray[np.float32]:
+        """:meth:`prompt_hidden_states` at the last token of ``ids`` (``[hidden]``)."""
+        ...
+
+
+@runtime_checkable
+class HasLoraContexts(Protocol):
+    """Capability: these weights with a GGUF LoRA adapter applied, as a backend of its own."""
+
+    def with_lora(self, path: str, scale: float | None) -> Backend:
+        """The model with the adapter at ``path`` at ``scale`` (``None``: its own)."""
+        ...
+
+
+@runtime_checkable
+class HasLayerHooks(Protocol):
+    """Capability: the torch module whose decoder layers faithful expert mixing hooks."""
+
+    model: Any
+
+
+@runtime_checkable
+class MultiModel(Protocol):
+    """Capability: streams on several member backends; whoever decodes holds all ``locks``."""
+
+    locks: Sequence[Any]
+
+
+@runtime_checkable
+class HasHFTokenizer(Protocol):
+    """Capability: a Hugging Face tokenizer (its full vocabulary can be compared)."""
+
+    tokenizer: Any
+
+
+_WHAT: dict[type, str] = {
+    HasHiddenStates: "the prompt's hidden states (prompt_hidden_states)",
+    HasLoraContexts: "LoRA adapter contexts (with_lora; llama.cpp)",
+    HasLayerHooks: "a torch module whose layers can be hooked (model; transformers)",
+    MultiModel: "member backends and their locks (locks)",
+    HasHFTokenizer: "a Hugging Face tokenizer (tokenizer)",
+}
+
+C = TypeVar("C")
+
+
+def require(backend: Backend, capability: type[C], needed_for: str) -> C:
+    """``backend`` as a ``capability`` backend, or a :class:`BackendError` that names the
+    backend, the missing capability and what needed it."""
+    if not isinstance(backend, capability):
+        what = _WHAT.get(capability, capability.__name__)
+        raise BackendError(
+            f"{needed_for} needs {what}: backend {backend.name!r} ({backend.model_name}) is not "
+            f"{capability.__name__}"
+        )
+    return backend
+
+
+class HiddenStatesMixin:
+    """For :class:`HasHiddenStates` backends: :meth:`prompt_hidden_state` from their
+    ``prompt_hidden_states``."""
+
+    def prompt_hidden_state(self, ids: Sequence[int]) -> NDArray[np.float32]:
+        """The final hidden state at the last token of ``ids`` (``[hidden]``)."""
+        return self.prompt_hidden_states(ids)[-1]  # type: ignore[attr-defined, no-any-return]
+
+
+class Backend(ChatText, Compute, ABC):
+    """A loaded model that turns token streams into logits: the union of the required roles
+    (:class:`ChatText` and :class:`Compute`). Optional capabilities are the ``Has*`` protocols
+    and :class:`MultiModel`, checked with ``isinstance``.
 
     Implementations own the weights. A backend is not re-entrant: one set of open streams at a
     time. The engine serialises callers (see :mod:`guardrail.engine`).
@@ -133,15 +372,6 @@ class Backend(ABC):
     @abstractmethod
     def open(self, prompts: Sequence[Sequence[int]]) -> Streams:
         """Prefill one stream per prompt (one batched pass where possible) and return them."""
-
-    def prompt_hidden_states(self, ids: Sequence[int]) -> NDArray[np.float32]:
-        """The model's final hidden state (after its last norm) at every token of ``ids``: what
-        a prompt probe reads (``[len(ids), hidden]``, float32)."""
-        raise NotImplementedError(f"backend {self.name!r} does not expose hidden states")
-
-    def prompt_hidden_state(self, ids: Sequence[int]) -> NDArray[np.float32]:
-        """:meth:`prompt_hidden_states` at the last token of ``ids`` (``[hidden]``)."""
-        return self.prompt_hidden_states(ids)[-1]
 
     def encode_chat(
         self,

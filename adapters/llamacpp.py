@@ -9,7 +9,6 @@ since the next decode overwrites llama.cpp's buffer.
 from __future__ import annotations
 
 import copy
-import ctypes
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -18,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from guardrail.adapters._llama_handles import LlamaBatch, LlamaContext, LlamaLoraAdapter, LlamaModel
 from guardrail.adapters._template import render_chat_template
-from guardrail.adapters.base import Backend, Message, Streams
+from guardrail.adapters.base import Backend, GuardedStreams, HiddenStatesMixin, Message
 from guardrail.errors import BackendError, ConfigError, ModelNotFoundError
 
 if TYPE_CHECKING:
@@ -37,51 +37,40 @@ def _import_llama_cpp() -> Any:
     return llama_cpp
 
 
-class LlamaCppStreams(Streams):
-    """Sequences of the backend's context; sequence ids are recycled from a free list."""
+class LlamaCppStreams(GuardedStreams):
+    """Sequences of the backend's context, one sequence id each."""
 
     def __init__(
         self, backend: LlamaCppBackend, prompts: Sequence[Sequence[int]], *,
         all_outputs: bool = False, on_chunk: Callable[[int], None] | None = None,
     ):
-        self._b = backend
+        super().__init__(len(prompts))
+        self._ctx = backend.context
+        self._batch = backend.batch
+        self._n_batch = backend.n_batch
+        self._vocab = backend.vocab_size
         self._all_outputs = all_outputs  # embeddings on: llama.cpp wants every token as output
         self._on_chunk = on_chunk  # called with each prefill chunk's size after its decode
-        self._lib = backend.lib
         self._seq = list(range(len(prompts)))
         self._pos = [len(p) for p in prompts]
-        self._closed = False
-        self._lib.llama_memory_clear(backend.memory, True)
-        self._last = np.empty((len(prompts), backend.vocab_size), dtype=np.float32)
+        self._ctx.clear_memory()
+        self._last = np.empty((len(prompts), self._vocab), dtype=np.float32)
         self._prefill(prompts)
 
     def _decode(self, entries: Sequence[tuple[int, int, int, bool]]) -> None:
         """Decode (token, pos, seq_id, want_logits) entries as one batch."""
-        batch = self._b.batch.batch
-        for j, (tok, pos, seq, logits) in enumerate(entries):
-            batch.token[j] = tok
-            batch.pos[j] = pos
-            batch.n_seq_id[j] = 1
-            batch.seq_id[j][0] = seq
-            batch.logits[j] = logits
-        batch.n_tokens = len(entries)
-        rc = self._lib.llama_decode(self._b.ctx, batch)
-        if rc != 0:
-            hint = " (KV cache full: raise n_ctx)" if rc == 1 else ""
-            raise BackendError(f"llama_decode returned {rc}{hint}")
+        self._batch.fill(entries)
+        self._ctx.decode(self._batch)
 
     def _read(self, batch_index: int, row: int) -> None:
-        ptr = self._lib.llama_get_logits_ith(self._b.ctx, batch_index)
-        if not ptr:
-            raise BackendError(f"llama.cpp returned no logits for batch position {batch_index}")
-        self._last[row] = np.ctypeslib.as_array(ptr, shape=(self._b.vocab_size,))
+        self._last[row] = self._ctx.logits_ith(batch_index, self._vocab)
 
     def _prefill(self, prompts: Sequence[Sequence[int]]) -> None:
         flat = [
             (tok, pos, s, pos == len(p) - 1) for s, p in enumerate(prompts) for pos, tok in
             enumerate(p)
         ]
-        cap = self._b.n_batch
+        cap = self._n_batch
         for start in range(0, len(flat), cap):
             chunk = flat[start : start + cap]
             self._decode([(t, p, s, w or self._all_outputs) for t, p, s, w in chunk])
@@ -91,46 +80,30 @@ class LlamaCppStreams(Streams):
                 if want:
                     self._read(j, s)
 
-    def _check(self) -> None:
-        if self._closed:
-            raise BackendError("streams are closed")
-
-    @property
-    def n_live(self) -> int:
-        return len(self._seq)
-
-    def logits(self) -> NDArray[np.float32]:
-        self._check()
+    def _logits(self) -> NDArray[np.float32]:
         return self._last.copy()
 
-    def append(self, tokens: Sequence[int]) -> None:
-        self._check()
-        if len(tokens) != self.n_live:
-            raise ConfigError(f"append: {len(tokens)} tokens for {self.n_live} live streams")
+    def _append(self, tokens: Sequence[int]) -> None:
         self._decode([(t, p, s, True) for t, p, s in zip(tokens, self._pos, self._seq)])
-        for j in range(self.n_live):
+        for j in range(len(self._seq)):
             self._read(j, j)
         self._pos = [p + 1 for p in self._pos]
 
-    def keep(self, indices: Sequence[int]) -> None:
-        self._check()
-        idx = list(indices)
-        for i in set(range(self.n_live)) - set(idx):
-            self._lib.llama_memory_seq_rm(self._b.memory, self._seq[i], -1, -1)
-        self._seq = [self._seq[i] for i in idx]
-        self._pos = [self._pos[i] for i in idx]
-        self._last = self._last[idx]
+    def _keep(self, indices: list[int]) -> None:
+        for i in set(range(len(self._seq))) - set(indices):
+            self._ctx.remove_sequence(self._seq[i])
+        self._seq = [self._seq[i] for i in indices]
+        self._pos = [self._pos[i] for i in indices]
+        self._last = self._last[indices]
 
-    def lengths(self) -> list[int]:
+    def _lengths(self) -> list[int]:
         return list(self._pos)
 
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._lib.llama_memory_clear(self._b.memory, True)
+    def _close(self) -> None:
+        self._ctx.clear_memory()
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(HiddenStatesMixin, Backend):
     """A GGUF model under llama.cpp.
 
     Args:
@@ -162,7 +135,7 @@ class LlamaCppBackend(Backend):
         verbose: bool = False,
     ):
         lib = _import_llama_cpp()
-        from llama_cpp import Llama, _internals, _logger
+        from llama_cpp import Llama, _logger
 
         _logger.set_verbose(verbose)
 
@@ -172,8 +145,7 @@ class LlamaCppBackend(Backend):
             raise ConfigError(f"n_threads must be >= 1, got {n_threads}")
         self.lib = lib
         if isinstance(model, Llama):
-            self._model = model._model
-            self._owner: Any = model  # keep the Llama (and its weights) alive
+            self._model = LlamaModel.borrow(lib, model)  # the Llama's weights, kept alive
             self._name = Path(model.model_path).name
             self.model_path = str(model.model_path)
             n_gpu_layers = int(model.model_params.n_gpu_layers)
@@ -183,13 +155,7 @@ class LlamaCppBackend(Backend):
                 raise ModelNotFoundError(f"model: no such GGUF file: {str(path)!r}")
             mparams = lib.llama_model_default_params()
             mparams.n_gpu_layers = n_gpu_layers
-            try:
-                self._model = _internals.LlamaModel(
-                    path_model=str(path), params=mparams, verbose=verbose
-                )
-            except ValueError as e:
-                raise BackendError(f"llama.cpp could not load {str(path)!r}: {e}") from e
-            self._owner = None
+            self._model = LlamaModel.load(lib, str(path), mparams, verbose=verbose)
             self._name = path.name
             self.model_path = str(path)
         cores = os.cpu_count() or 1
@@ -208,32 +174,21 @@ class LlamaCppBackend(Backend):
         cparams.kv_unified = True
         cparams.no_perf = True
         self._cparams = cparams
-        self._verbose = verbose
         self._siblings: dict[tuple[str, float | None], LlamaCppBackend] = {}
+        self._lora: LlamaLoraAdapter | None = None  # a sibling's adapter (with_lora)
         self._new_context()
         self.n_seq_max = n_seq_max
-        self._n_ctx = int(lib.llama_n_ctx(self.ctx))
-        self._vocab = lib.llama_model_get_vocab(self._model.model)
-        self._n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
-        self._eot = frozenset(
-            t for t in range(self._n_vocab) if lib.llama_vocab_is_eog(self._vocab, t)
-        )
+        self._n_ctx = self.context.n_ctx()
+        self._n_vocab = self._model.n_vocab()
+        self._eot = frozenset(t for t in range(self._n_vocab) if self._model.is_eog(t))
         self._template = self._model.metadata().get("tokenizer.chat_template")
         self._pieces: dict[int, bytes] = {}
-        self._bos = self._piece(lib.llama_vocab_bos(self._vocab))
-        self._eos = self._piece(lib.llama_vocab_eos(self._vocab))
+        self._bos = self._piece(self._model.bos())
+        self._eos = self._piece(self._model.eos())
 
     def _new_context(self) -> None:
-        from llama_cpp import _internals
-
-        self._ctx = _internals.LlamaContext(
-            model=self._model, params=self._cparams, verbose=self._verbose
-        )
-        self.ctx = self._ctx.ctx
-        self.memory = self._ctx.memory
-        self.batch = _internals.LlamaBatch(
-            n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=self._verbose
-        )
+        self.context = LlamaContext(self._model, self._cparams)
+        self.batch = LlamaBatch(self.lib, self.n_batch)
 
     def with_lora(self, path: str | Path, scale: float | None = None) -> LlamaCppBackend:
         """This model with a GGUF LoRA adapter applied, on a context of its own.
@@ -244,7 +199,7 @@ class LlamaCppBackend(Backend):
         ``alpha / rank``). Siblings are cached per adapter and scale (the file is read once);
         they share this backend's lock (the engine's), not its KV cache.
         """
-        from guardrail.adapters.lora_gguf import read_lora_gguf
+        from guardrail.adapters.llamacpp_lora import read_lora_gguf
 
         key = (str(Path(path).expanduser()), scale)
         sibling = self._siblings.get(key)
@@ -252,17 +207,19 @@ class LlamaCppBackend(Backend):
             return sibling
         info = read_lora_gguf(path, arch=self.architecture)
         user_scale = 1.0 if scale is None else scale / info.default_scale
-        adapter = self.lib.llama_adapter_lora_init(self._model.model, str(info.path).encode())
-        if not adapter:
-            raise BackendError(f"llama.cpp could not load the LoRA adapter {str(info.path)!r} "
-                               f"for {self._name}")
+        try:
+            adapter = LlamaLoraAdapter(self._model, str(info.path))
+        except BackendError as e:
+            raise BackendError(f"{e} for {self._name}") from e
         sibling = copy.copy(self)
         sibling._siblings = {}
+        sibling._lora = adapter
         sibling._new_context()
-        adapters = (self.lib.llama_adapter_lora_p_ctypes * 1)(adapter)
-        scales = (ctypes.c_float * 1)(user_scale)
-        if self.lib.llama_set_adapters_lora(sibling.ctx, adapters, 1, scales) != 0:
-            raise BackendError(f"llama.cpp could not apply the LoRA adapter {str(info.path)!r}")
+        try:
+            sibling.context.set_lora(adapter, user_scale)
+        except BackendError:
+            sibling.close()
+            raise
         sibling._name = f"{self._name}+{info.path.name}"
         self._siblings[key] = sibling
         return sibling
@@ -275,7 +232,7 @@ class LlamaCppBackend(Backend):
     def _piece(self, token: int) -> str:
         if token < 0:
             return ""
-        text = self.lib.llama_vocab_get_text(self._vocab, token)
+        text = self._model.token_text(token)
         return text.decode("utf-8", errors="replace") if text else ""
 
     @property
@@ -321,17 +278,12 @@ class LlamaCppBackend(Backend):
         )
 
     def tokenize(self, text: str) -> list[int]:
-        return list(self._model.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+        return self._model.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def _bytes(self, token: int) -> bytes:
         piece = self._pieces.get(token)
         if piece is None:
-            buf = ctypes.create_string_buffer(64)
-            n = self.lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-            if n < 0:  # piece longer than the buffer
-                buf = ctypes.create_string_buffer(-n)
-                n = self.lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-            piece = self._pieces[token] = buf.raw[:n]
+            piece = self._pieces[token] = self._model.token_piece(token)
         return piece
 
     def detokenize(self, ids: Sequence[int]) -> str:
@@ -340,22 +292,19 @@ class LlamaCppBackend(Backend):
     def prompt_hidden_states(self, ids: Sequence[int]) -> NDArray[np.float32]:
         """llama.cpp's output embedding (``result_norm``) of every prompt token, read from the
         streams' own context with embeddings switched on for this one prefill."""
-        n_embd = int(self.lib.llama_model_n_embd(self._model.model))
+        n_embd = self._model.n_embd()
         rows: list[NDArray[np.float32]] = []
 
         def read(n: int) -> None:  # after each prefill chunk: its n tokens' embeddings
-            for j in range(n):
-                ptr = self.lib.llama_get_embeddings_ith(self.ctx, j)
-                if not ptr:
-                    raise BackendError("llama.cpp returned no embedding for the prompt")
-                rows.append(np.ctypeslib.as_array(ptr, shape=(n_embd,)).astype(np.float32))
+            rows.extend(self.context.embeddings_ith(j, n_embd).astype(np.float32)
+                        for j in range(n))
 
-        self.lib.llama_set_embeddings(self.ctx, True)
+        self.context.set_embeddings(True)
         try:
             with LlamaCppStreams(self, [list(ids)], all_outputs=True, on_chunk=read):
                 return np.stack(rows)
         finally:
-            self.lib.llama_set_embeddings(self.ctx, False)
+            self.context.set_embeddings(False)
 
     def open(self, prompts: Sequence[Sequence[int]]) -> LlamaCppStreams:
         if not prompts:
@@ -372,8 +321,12 @@ class LlamaCppBackend(Backend):
         return LlamaCppStreams(self, prompts)
 
     def close(self) -> None:
+        """Free the streams' context and batch, the LoRA siblings' and (a sibling) its adapter;
+        the weights go with the last reference."""
         for sibling in self._siblings.values():
             sibling.close()
         self._siblings = {}
-        self._ctx.close()
+        self.context.close()
         self.batch.close()
+        if self._lora is not None:
+            self._lora.close()

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from guardrail.adapters.base import Backend, Message, Streams
+from guardrail.adapters.base import Backend, GuardedStreams, Message, Streams
 from guardrail.errors import ConfigError
 
 
-class RoutedStreams(Streams):
+class RoutedStreams(GuardedStreams):
     """Each member's streams, interleaved back into the request's stream order.
 
     Members run their forward passes at the same time, one thread each: their contexts are
@@ -32,6 +32,7 @@ class RoutedStreams(Streams):
         self, members: Sequence[Backend], placement: Sequence[int],
         prompts: Sequence[Sequence[int]], vocab: int,
     ):
+        super().__init__(len(placement))
         self._where = list(placement)
         self._vocab = vocab
         self._subs: dict[int, Streams] = {}
@@ -57,19 +58,13 @@ class RoutedStreams(Streams):
     def _rows(self, m: int) -> list[int]:
         return [i for i, w in enumerate(self._where) if w == m]
 
-    @property
-    def n_live(self) -> int:
-        return len(self._where)
-
-    def logits(self) -> NDArray[np.float32]:
-        out = np.empty((self.n_live, self._vocab), dtype=np.float32)
+    def _logits(self) -> NDArray[np.float32]:
+        out = np.empty((len(self._where), self._vocab), dtype=np.float32)
         for m, sub in self._subs.items():
             out[self._rows(m)] = sub.logits()[:, : self._vocab]
         return out
 
-    def append(self, tokens: Sequence[int]) -> None:
-        if len(tokens) != self.n_live:
-            raise ConfigError(f"append: {len(tokens)} tokens for {self.n_live} live streams")
+    def _append(self, tokens: Sequence[int]) -> None:
         work = [(sub, [tokens[i] for i in self._rows(m)]) for m, sub in self._subs.items()]
         futures = [self._pool.submit(sub.append, toks) for sub, toks in work[1:]]
         try:
@@ -78,7 +73,7 @@ class RoutedStreams(Streams):
             for fut in futures:
                 fut.result()
 
-    def keep(self, indices: Sequence[int]) -> None:
+    def _keep(self, indices: list[int]) -> None:
         kept = set(indices)
         for m in list(self._subs):
             rows = self._rows(m)
@@ -89,14 +84,14 @@ class RoutedStreams(Streams):
                 self._subs[m].keep(local)
         self._where = [self._where[i] for i in indices]
 
-    def lengths(self) -> list[int]:
-        out = [0] * self.n_live
+    def _lengths(self) -> list[int]:
+        out = [0] * len(self._where)
         for m, sub in self._subs.items():
             for i, n in zip(self._rows(m), sub.lengths()):
                 out[i] = n
         return out
 
-    def close(self) -> None:
+    def _close(self) -> None:
         for sub in self._subs.values():
             sub.close()
         self._subs = {}

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from guardrail.adapters.base import KNOWN_END_OF_TURN, Backend, Message, Streams
+from guardrail.adapters.base import (
+    KNOWN_END_OF_TURN,
+    Backend,
+    GuardedStreams,
+    HiddenStatesMixin,
+    Message,
+)
 from guardrail.errors import BackendError, ConfigError, ModelNotFoundError
 
 if TYPE_CHECKING:
@@ -37,13 +43,14 @@ def _import_torch() -> Any:
     return torch
 
 
-class TransformersStreams(Streams):
+class TransformersStreams(GuardedStreams):
     """Rows of one left-padded batch with a shared ``DynamicCache``."""
 
     def __init__(self, backend: TransformersBackend, prompts: Sequence[Sequence[int]]):
         torch = _import_torch()
         from transformers import DynamicCache
 
+        super().__init__(len(prompts))
         self._torch = torch
         self._model = backend.model
         dev = backend.device
@@ -57,11 +64,10 @@ class TransformersStreams(Streams):
         if backend.reference_mask_token is not None:  # reproduce the reference's flaw, on request
             mask = mask * (ids != backend.reference_mask_token).long()
         self._mask = mask.to(dev)
-        self._lengths = [len(p) for p in prompts]
+        self._held = [len(p) for p in prompts]
         self._cache = DynamicCache()
-        self._closed = False
         positions = torch.tensor(
-            [[0] * (width - n) + list(range(n)) for n in self._lengths], dtype=torch.long
+            [[0] * (width - n) + list(range(n)) for n in self._held], dtype=torch.long
         )
         self._last = self._forward(ids.to(dev), positions.to(dev))
 
@@ -77,41 +83,25 @@ class TransformersStreams(Streams):
             )
         return out.logits[:, -1, :]
 
-    def _check(self) -> None:
-        if self._closed:
-            raise BackendError("streams are closed")
-
-    @property
-    def n_live(self) -> int:
-        return len(self._lengths)
-
-    def logits(self) -> NDArray[np.float32]:
-        self._check()
+    def _logits(self) -> NDArray[np.float32]:
         return self._last.float().cpu().numpy().copy()
 
-    def append(self, tokens: Sequence[int]) -> None:
-        self._check()
+    def _append(self, tokens: Sequence[int]) -> None:
         torch = self._torch
-        if len(tokens) != self.n_live:
-            raise ConfigError(f"append: {len(tokens)} tokens for {self.n_live} live streams")
         dev = self._mask.device
         ids = torch.tensor(list(tokens), dtype=torch.long, device=dev).unsqueeze(1)
-        positions = torch.tensor(self._lengths, dtype=torch.long, device=dev).unsqueeze(1)
-        ones = torch.ones((self.n_live, 1), dtype=self._mask.dtype, device=dev)
+        positions = torch.tensor(self._held, dtype=torch.long, device=dev).unsqueeze(1)
+        ones = torch.ones((len(self._held), 1), dtype=self._mask.dtype, device=dev)
         self._mask = torch.cat([self._mask, ones], dim=1)
-        self._lengths = [n + 1 for n in self._lengths]
+        self._held = [n + 1 for n in self._held]
         self._last = self._forward(ids, positions)
 
-    def keep(self, indices: Sequence[int]) -> None:
-        self._check()
-        idx = list(indices)
-        if idx == list(range(self.n_live)):
-            return
-        sel = self._torch.tensor(idx, dtype=self._torch.long, device=self._mask.device)
+    def _keep(self, indices: list[int]) -> None:
+        sel = self._torch.tensor(indices, dtype=self._torch.long, device=self._mask.device)
         self._cache.batch_select_indices(sel)
         self._mask = self._mask.index_select(0, sel)
         self._last = self._last.index_select(0, sel)
-        self._lengths = [self._lengths[i] for i in idx]
+        self._held = [self._held[i] for i in indices]
         # Drop leading columns that are padding in every remaining row.
         lead = int((self._mask.sum(0) == 0).long().cumprod(0).sum())
         if lead:
@@ -120,17 +110,15 @@ class TransformersStreams(Streams):
                 layer.keys = layer.keys[:, :, lead:, :]
                 layer.values = layer.values[:, :, lead:, :]
 
-    def lengths(self) -> list[int]:
-        return list(self._lengths)
+    def _lengths(self) -> list[int]:
+        return list(self._held)
 
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._cache = None  # type: ignore[assignment]
-            self._last = None  # type: ignore[assignment]
+    def _close(self) -> None:
+        self._cache = None  # type: ignore[assignment]
+        self._last = None  # type: ignore[assignment]
 
 
-class TransformersBackend(Backend):
+class TransformersBackend(HiddenStatesMixin, Backend):
     """A causal LM and its tokenizer from a model directory, a GGUF file, or given objects.
 
     Args:

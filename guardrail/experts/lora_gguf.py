@@ -16,7 +16,7 @@ from guardrail.errors import ConfigError
 def _model_header(model_gguf: Path) -> tuple[str, int]:
     import gguf
 
-    from guardrail.adapters.lora_gguf import gguf_field
+    from guardrail.adapters.llamacpp_lora import gguf_field
 
     if not model_gguf.is_file():
         raise ConfigError(f"--model: no such GGUF file: {str(model_gguf)!r}")

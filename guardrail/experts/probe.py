@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from guardrail.adapters.base import Backend, Message
+from guardrail.adapters.base import Backend, HasHiddenStates, Message, require
 from guardrail.decoding.experts import FixedWeights
 from guardrail.errors import ConfigError
 from guardrail.experts.router_file import ProbeWeights
@@ -72,9 +72,10 @@ def conversation_feature(
     """One conversation's probe feature (``[d]`` or ``[2d]``, see the module docstring)."""
     if feature not in FEATURES:
         raise ConfigError(f"probe feature must be one of {', '.join(FEATURES)}, got {feature!r}")
+    model = require(backend, HasHiddenStates, "a prompt probe")
     text = backend.render(messages)
     ids = backend.tokenize(text)
-    states = backend.prompt_hidden_states(ids)
+    states = model.prompt_hidden_states(ids)
     if feature == FEATURE_LAST:
         return states[-1]
     start, end = user_span(backend, messages, text, len(ids))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from guardrail.adapters.base import Backend
+from guardrail.adapters.base import Backend, HasHFTokenizer
 from guardrail.experts.errors import TokenizerMismatchError
 
 _SAMPLE = "Hello, world! How do I kill a Python process?\ndef f(x):\n    return x ** 2"
@@ -18,10 +18,9 @@ def check_same_tokenizer(a: Backend, b: Backend) -> None:
     and Hugging Face's pre-tokenizers split some accented or CJK text differently) are not
     differences, so such text is not compared.
     """
-    ta, tb = getattr(a, "tokenizer", None), getattr(b, "tokenizer", None)
     names = f"{a.model_name!r} and {b.model_name!r}"
-    if ta is not None and tb is not None:
-        va, vb = ta.get_vocab(), tb.get_vocab()
+    if isinstance(a, HasHFTokenizer) and isinstance(b, HasHFTokenizer):
+        va, vb = a.tokenizer.get_vocab(), b.tokenizer.get_vocab()
         if va != vb:
             diff = len(set(va.items()) ^ set(vb.items()))
             raise TokenizerMismatchError(

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from guardrail.adapters.base import Backend
+from guardrail.adapters.base import Backend, HasHiddenStates, require
 from guardrail.errors import ConfigError
 from guardrail.experts.probe import ProbeReport, fit_logistic, probe_harm, token_span
 from guardrail.experts.router_file import ProbeWeights, load_router, save_router
@@ -56,11 +56,12 @@ def answer_feature(
     """``[2d]``: the final hidden state at the conversation's last token next to its mean over
     the answer's tokens, the answer cut to its first ``answer_tokens`` tokens (what the probe
     was trained on: a decision made on how an answer starts works on short evaluation answers)."""
+    model = require(backend, HasHiddenStates, "a refusal probe")
     answer = backend.detokenize(backend.tokenize(response.strip())[:answer_tokens])
     messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
     text = backend.render(messages, add_generation_prompt=False)
     ids = backend.tokenize(text)
-    states = backend.prompt_hidden_states(ids)
+    states = model.prompt_hidden_states(ids)
     # an empty or unlocatable answer: its closing token
     start, end = token_span(backend, text, answer, len(ids)) or (len(ids) - 1, len(ids))
     return np.concatenate([states[-1], states[start:end].mean(axis=0)]).astype(np.float32)
