@@ -3,11 +3,21 @@
 Backends are cached by (backend, path, load options), so switching policy per request never
 reloads weights. Engines made here know how to load further models (an expert on another model
 asks its engine), so nothing below this module imports it.
+
+The cache is bounded: it keeps the ``$GUARDRAIL_MAX_MODELS`` (default 4, :data:`MAX_MODELS`)
+most recently used engines, loaded models and wrapped backends together, and drops the least
+recently used one beyond that, so each new setting (``n_ctx`` 2048, 2049, ...) does not keep
+another copy of the model for ever. A dropped engine is freed with its model once no caller
+holds it; while one does, it is still the engine returned for its settings (looked up by weak
+reference), so a model in use is never loaded twice.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
+from collections import OrderedDict
 from typing import Any
 
 from guardrail.adapters.base import Backend
@@ -18,7 +28,13 @@ from guardrail.policy.model import ModelConfig
 
 BACKENDS = ("llamacpp", "transformers")
 
-_cache: dict[tuple[Any, ...], Engine] = {}
+MAX_MODELS_ENV = "GUARDRAIL_MAX_MODELS"
+"""Environment variable: how many engines the cache keeps (a whole number, at least 1)."""
+MAX_MODELS = 4
+"""Engines kept when ``$GUARDRAIL_MAX_MODELS`` is not set."""
+
+_cache: OrderedDict[tuple[Any, ...], Engine] = OrderedDict()  # least recently used first
+_live: weakref.WeakValueDictionary[tuple[Any, ...], Engine] = weakref.WeakValueDictionary()
 _cache_lock = threading.Lock()
 load_count = 0  # models loaded in this process (tests count reloads with it)
 
@@ -28,6 +44,41 @@ def _cache_key(cfg: ModelConfig) -> tuple[Any, ...]:
     if cfg.backend == "llamacpp":
         return (cfg.backend, path, cfg.n_ctx, cfg.n_threads, cfg.n_gpu_layers)
     return (cfg.backend, path, cfg.device, cfg.dtype, cfg.trust_remote_code)
+
+
+def max_models() -> int:
+    """How many engines the cache keeps: ``$GUARDRAIL_MAX_MODELS``, else :data:`MAX_MODELS`."""
+    text = os.environ.get(MAX_MODELS_ENV, "").strip()
+    if not text:
+        return MAX_MODELS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{MAX_MODELS_ENV} must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _lookup(key: tuple[Any, ...], dropped: list[Engine]) -> Engine | None:
+    """The engine cached (or still held by a caller) for ``key``, made the most recently used."""
+    engine = _cache.get(key)
+    if engine is None:
+        engine = _live.get(key)
+    return None if engine is None else _store(key, engine, dropped)
+
+
+def _store(key: tuple[Any, ...], engine: Engine, dropped: list[Engine]) -> Engine:
+    """Cache ``engine`` as the most recently used; the least recently used beyond the bound go
+    to ``dropped`` (freed, with their models, when the caller lets go of that list, unless a
+    caller still holds them: never under the lock)."""
+    limit = max_models()
+    _cache[key] = engine
+    _cache.move_to_end(key)
+    _live[key] = engine
+    while len(_cache) > limit:
+        dropped.append(_cache.popitem(last=False)[1])
+    return engine
 
 
 def _load_backend(cfg: ModelConfig) -> Backend:
@@ -52,29 +103,37 @@ def _load_backend(cfg: ModelConfig) -> Backend:
 
 
 def get_engine(cfg: ModelConfig) -> Engine:
-    """The engine for ``cfg``, loading the model on first use only."""
+    """The engine for ``cfg``, loading the model on first use only (or again after the bounded
+    cache dropped it and no caller held it)."""
     key = _cache_key(cfg)
+    dropped: list[Engine] = []
     with _cache_lock:
-        engine = _cache.get(key)
+        engine = _lookup(key, dropped)
         if engine is None:
-            engine = _cache[key] = Engine(_load_backend(cfg), load=get_engine)
-        return engine
+            max_models()  # a bad $GUARDRAIL_MAX_MODELS fails before loading, not after
+            engine = _store(key, Engine(_load_backend(cfg), load=get_engine), dropped)
+    return engine
 
 
 def engine_for(backend: Backend) -> Engine:
-    """Wrap an already-loaded backend (it is cached by identity)."""
+    """Wrap an already-loaded backend (it is cached by identity, in the same bounded cache)."""
     key = ("object", id(backend))
+    dropped: list[Engine] = []
     with _cache_lock:
-        engine = _cache.get(key)
+        engine = _lookup(key, dropped)
         if engine is None or engine.backend is not backend:
-            engine = _cache[key] = Engine(backend, load=get_engine)
-        return engine
+            engine = _store(key, Engine(backend, load=get_engine), dropped)
+    return engine
 
 
 def clear_cache() -> None:
     """Forget every cached model (they are freed once no caller holds them)."""
     with _cache_lock:
         _cache.clear()
+        _live.clear()
 
 
-__all__ = ["BACKENDS", "clear_cache", "engine_for", "get_engine", "load_count"]
+__all__ = [
+    "BACKENDS", "MAX_MODELS", "MAX_MODELS_ENV", "clear_cache", "engine_for", "get_engine",
+    "load_count", "max_models",
+]

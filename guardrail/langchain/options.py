@@ -8,6 +8,8 @@ schema is the one place that says what a value may be; errors name the option as
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +21,7 @@ from pydantic import ValidationError
 from guardrail.errors import ConfigError
 from guardrail.policy import Policy, load_policy, with_overrides
 from guardrail.policy.callers import Registry, check_options, resolve_switch
+from guardrail.policy.loader import load_policy_file, resolve_policy_ref, shipped_policies
 from guardrail.policy.schema import CallerRights
 
 #: Per-call sampling options (``invoke(..., temperature=0.7)``, ``configurable={...}``).
@@ -33,13 +36,58 @@ LOAD_OPTIONS = ("n_ctx", "n_threads", "n_gpu_layers", "device", "dtype")
 CALL_ONLY = ("tools", "tool_choice", "stop", "ls_structured_output_format", "max_tokens")
 
 
+#: Policy files kept loaded (least recently used dropped first).
+POLICY_FILE_CACHE_SIZE = 64
+_Stamp = tuple[tuple[int, int] | None, ...]
+_file_policies: OrderedDict[Path, tuple[_Stamp, list[Path], Policy]] = OrderedDict()
+_file_lock = threading.Lock()
+
+
 @lru_cache(maxsize=64)
 def _load_named_policy(name: str) -> Policy:
+    """A shipped policy, loaded once per name (package data does not change)."""
     return load_policy(name)
 
 
+def _stamps(files: list[Path]) -> _Stamp:
+    """Modification time and size of each file (None: unreadable, which counts as a change)."""
+    out: list[tuple[int, int] | None] = []
+    for f in files:
+        try:
+            st = f.stat()
+            out.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+def _load_policy_path(path: Path) -> Policy:
+    """A policy file, loaded again once it or a file it extends changed (modification time or
+    size). Keyed by the resolved path: ``stale.yaml`` and ``./stale.yaml`` are one entry."""
+    key = path.resolve()
+    with _file_lock:
+        hit = _file_policies.get(key)
+    if hit is not None and _stamps(hit[1]) == hit[0]:
+        with _file_lock:
+            if key in _file_policies:
+                _file_policies.move_to_end(key)
+        return hit[2]
+    before = _stamps([key])
+    loaded = load_policy_file(path)
+    files = [f.resolve() for f in loaded.files]
+    stamps = _stamps(files)
+    if stamps[:1] == before:  # not edited while being read (else the next call reads it again)
+        with _file_lock:
+            _file_policies[key] = (stamps, files, loaded.policy)
+            _file_policies.move_to_end(key)
+            while len(_file_policies) > POLICY_FILE_CACHE_SIZE:
+                _file_policies.popitem(last=False)
+    return loaded.policy
+
+
 def as_policy(value: str | Path | Policy) -> Policy:
-    """A shipped policy name or YAML path loaded (once per text), or the ``Policy`` itself."""
+    """A shipped policy by name (loaded once), a YAML file (loaded again when it or a file it
+    extends has changed since it was last loaded), or the ``Policy`` itself."""
     if isinstance(value, Policy):
         return value
     if not isinstance(value, (str, Path)):
@@ -47,7 +95,11 @@ def as_policy(value: str | Path | Policy) -> Policy:
             f"policy: expected a shipped policy name, a YAML path or a Policy, "
             f"got {type(value).__name__}"
         )
-    return _load_named_policy(str(value))
+    text = str(value)
+    path = resolve_policy_ref(text)
+    if shipped_policies().get(text) == path:
+        return _load_named_policy(text)
+    return _load_policy_path(path)
 
 
 def from_config(config: RunnableConfig | None, kwargs: Mapping[str, Any]) -> dict[str, Any]:

@@ -69,10 +69,13 @@ class LoadedPolicy:
 
 @dataclass
 class _Layer:
-    """One file's interpolated data and the origin of each of its paths."""
+    """One file's interpolated data and the origin of each of its paths; ``empty`` when the
+    file holds no document at all (nothing, only comments, or ``null``)."""
 
     data: dict[str, Any]
     origins: dict[FieldPath, Origin]
+    source: str = "<policy>"
+    empty: bool = False
 
 
 def _looks_like_path(ref: str) -> bool:
@@ -151,8 +154,8 @@ def _not_a_policy(source: str) -> PolicyValidationError:
 
 def _layer_from_text(text: str, source: str, env: Mapping[str, str] | None) -> _Layer:
     located = parse_yaml(text, source)
-    if located.data is None:
-        located.data = {}
+    if located.data is None:  # refused by _extend, after any check of the file itself
+        return _Layer({}, {}, source, empty=True)
     if not isinstance(located.data, dict):
         raise PolicyValidationError(
             [
@@ -167,7 +170,7 @@ def _layer_from_text(text: str, source: str, env: Mapping[str, str] | None) -> _
         )
     data = interpolate(located, env)
     origins: dict[FieldPath, Origin] = {p: (source, line) for p, line in located.lines.items()}
-    return _Layer(data, origins)
+    return _Layer(data, origins, source)
 
 
 def _merge(base: Any, over: Any) -> Any:
@@ -197,6 +200,11 @@ def _load_chain(
 def _extend(
     layer: _Layer, base_dir: Path | None, env: Mapping[str, str] | None, chain: list[Path]
 ) -> tuple[dict[str, Any], dict[FieldPath, Origin], list[Path]]:
+    if layer.empty:  # an empty file would otherwise be the default policy: plain, unguarded
+        raise PolicyValidationError([PolicyProblem(
+            layer.source, None, (), "policy file is empty; write the policy's fields, or "
+            "`extends: <policy>` to use another one as it is (an empty policy would be the "
+            "default: plain decoding, no rules)")])
     data = dict(layer.data)
     parent_ref = data.pop("extends", None)
     if parent_ref is None:

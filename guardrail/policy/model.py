@@ -6,9 +6,12 @@ from typing import Literal
 
 from pydantic import Field
 
+from guardrail.policy.base import Bool, Int
 from guardrail.policy.base import Strict as _Strict
 
 
+# Numbers and switches are strict (policy.base.Int/Bool): ``trust_remote_code: 'yes'`` and
+# ``n_gpu_layers: true`` are errors, never True and 1.
 class ModelConfig(_Strict):
     """Which model to load and how. Models are cached by these fields: policies that agree on
     them share one loaded model."""
@@ -20,11 +23,11 @@ class ModelConfig(_Strict):
         None,
         description="GGUF file or model directory; null means the embedded SmolLM2-135M-Instruct.",
     )
-    n_ctx: int = Field(4096, ge=16, description="Context size in tokens (llama.cpp).")
-    n_threads: int | None = Field(
+    n_ctx: Int = Field(4096, ge=16, description="Context size in tokens (llama.cpp).")
+    n_threads: Int | None = Field(
         None, ge=1, description="CPU threads (llama.cpp; transformers uses torch's setting)."
     )
-    n_gpu_layers: int = Field(
+    n_gpu_layers: Int = Field(
         0, ge=-1, description="Layers offloaded to the GPU (llama.cpp; -1 = all)."
     )
     device: Literal["cpu", "cuda", "auto"] = Field(
@@ -33,6 +36,6 @@ class ModelConfig(_Strict):
     dtype: Literal["float32", "float16", "bfloat16", "auto"] = Field(
         "float32", description="Weight dtype for transformers."
     )
-    trust_remote_code: bool = Field(
+    trust_remote_code: Bool = Field(
         False, description="Let transformers run code shipped with the model. Off by default."
     )

@@ -98,6 +98,16 @@ def _field_names_of(field_name: str, info: Any) -> list[str]:
     return [alias] if isinstance(alias, str) else [field_name]
 
 
+def _spellings_of(key: str, model: type[BaseModel]) -> list[str]:
+    """Every spelling of the field ``key`` names in ``model`` when it has several (``lam``,
+    ``lambda``), else nothing."""
+    for field_name, info in model.model_fields.items():
+        names = list(dict.fromkeys([field_name, *_field_names_of(field_name, info)]))
+        if key in names and len(names) > 1:
+            return names
+    return []
+
+
 def _single_model(annotation: Any) -> Any:
     members = _members(annotation)
     return members if len(members) > 1 else members[0]
@@ -164,6 +174,10 @@ def _describe(root: type[BaseModel], loc: Path, err: dict[str, Any]) -> str:
     if kind == "extra_forbidden":
         parent = model_at(root, loc[:-1])
         key = str(loc[-1])
+        spellings = _spellings_of(key, parent) if parent else []
+        if spellings:  # a known key refused: another spelling of its field was given too
+            names = " and ".join(repr(n) for n in spellings)
+            return f"both {names} given: two spellings of one field; keep one"
         allowed = sorted(_field_names(parent)) if parent else []
         hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
         text = f"unknown key {key!r}"

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from guardrail.policy.base import Bool, Float, Int
 from guardrail.policy.base import Strict as _Strict
 from guardrail.policy.model import ModelConfig
 from guardrail.policy.text import normalise
@@ -21,11 +22,11 @@ from guardrail.policy.strategies import AdaCDStrategy, PlainStrategy, Strategy
 class SamplingConfig(_Strict):
     """How tokens are drawn and when the answer ends."""
 
-    temperature: float = Field(0.0, ge=0, description="0 = greedy; otherwise sampling temperature.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (1 = off).")
-    top_k: int = Field(0, ge=0, description="Keep the k most likely tokens (0 = off).")
-    seed: int | None = Field(None, description="Seed for sampling (null = random).")
-    max_new_tokens: int = Field(256, ge=1, description="Most tokens generated per answer.")
+    temperature: Float = Field(0.0, ge=0, description="0 = greedy; otherwise sampling temperature.")
+    top_p: Float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (1 = off).")
+    top_k: Int = Field(0, ge=0, description="Keep the k most likely tokens (0 = off).")
+    seed: Int | None = Field(None, description="Seed for sampling (null = random).")
+    max_new_tokens: Int = Field(256, ge=1, description="Most tokens generated per answer.")
     stop: list[str] = Field(default_factory=list, description="Strings that end the answer.")
 
 
@@ -38,7 +39,7 @@ class JudgeConfig(_Strict):
     model: ModelConfig | None = Field(
         None, description="Judge model; null means the guarded model itself (no second load)."
     )
-    max_new_tokens: int = Field(16, ge=1, le=256, description="Most tokens of the judge's verdict.")
+    max_new_tokens: Int = Field(16, ge=1, le=256, description="Most tokens of the judge's verdict.")
 
 
 class RefusalProbeConfig(_Strict):
@@ -55,7 +56,7 @@ class RefusalProbeConfig(_Strict):
         description="The model the probe reads (the one it was trained on); null means the "
         "embedded SmolLM2-135M-Instruct on llama.cpp.",
     )
-    threshold: float | None = Field(
+    threshold: Float | None = Field(
         None, gt=0, lt=1, description="P(refusal) at or above which an answer is a refusal; "
         "null means the file's (0.5).",
     )
@@ -181,7 +182,7 @@ class CallerRights(_Strict):
 class LoggingConfig(_Strict):
     """Logging of decoding decisions through the ``guardrail`` logger."""
 
-    decisions: bool = Field(
+    decisions: Bool = Field(
         False, description="Log each guarded step's mode and agreement (one record per step)."
     )
     level: Literal["DEBUG", "INFO", "WARNING"] = Field(

@@ -8,7 +8,7 @@ from pydantic import AliasChoices, Field, model_validator
 
 from guardrail.decoding.adacd import DEFAULT_SAFETY_PROMPT
 from guardrail.decoding.gated_cd import check_gate
-from guardrail.policy.base import Strict
+from guardrail.policy.base import Float, Int, Strict
 from guardrail.policy.model import ModelConfig
 
 
@@ -26,16 +26,16 @@ class _ContrastParams(Strict):
         min_length=1,
         description="Extreme safety prompt given to the contrast stream as a system message.",
     )
-    alpha: float = Field(4.5, ge=0, description="α, contrast strength.")
-    lam: float = Field(
+    alpha: Float = Field(4.5, ge=0, description="α, contrast strength.")
+    lam: Float = Field(
         0.9,
         gt=0,
         le=1,
         validation_alias=AliasChoices("lam", "lambda"),
         description="λ, agreement threshold (also the confidence factor).",
     )
-    beta: float = Field(0.01, ge=0, lt=1, description="β, plausibility cut-off.")
-    steps: int = Field(10, ge=0, description="K, number of generated tokens under contrast.")
+    beta: Float = Field(0.01, ge=0, lt=1, description="β, plausibility cut-off.")
+    steps: Int = Field(10, ge=0, description="K, number of generated tokens under contrast.")
 
 
 class AdaCDStrategy(_ContrastParams):
@@ -59,16 +59,16 @@ class ProbeGate(Strict):
         "on first use from the shipped calibration prompts (XSTest rows i % 3 != 0, JailbreakBench "
         "even rows, Vicuna-Bench) and cache it.",
     )
-    threshold: float = Field(
+    threshold: Float = Field(
         0.5, ge=0, le=1, description="τ: P(harmful) >= τ keeps the model's own answer."
     )
-    ban_below: float = Field(
+    ban_below: Float = Field(
         0.0, ge=0, le=1,
         description="Below this P(harmful), refusal-start tokens are also banned (the contrast "
         "alone cannot undo a refusal both streams are sure of); must not exceed threshold.",
     )
 
-    refuse_above: float | None = Field(
+    refuse_above: Float | None = Field(
         None, ge=0, le=1,
         description="At or above this P(harmful), each of the first K tokens comes from the "
         "model's own stream where it starts a refusal, else from the safety stream (the "
@@ -142,8 +142,8 @@ class FixedRouter(Strict):
     """Constant weights: (1, 0) = the safety expert alone, (0, 1) = the helpfulness expert."""
 
     kind: Literal["fixed"] = "fixed"
-    alpha: float = Field(0.5, ge=0, description="α, weight of the safety expert.")
-    beta: float = Field(0.5, ge=0, description="β, weight of the helpfulness expert.")
+    alpha: Float = Field(0.5, ge=0, description="α, weight of the safety expert.")
+    beta: Float = Field(0.5, ge=0, description="β, weight of the helpfulness expert.")
 
 
 class AgreementRouter(Strict):
@@ -174,7 +174,7 @@ class ExpertsStrategy(Strict):
         default_factory=PromptExpert, description="The helpfulness expert."
     )
     router: Router = Field(default_factory=AgreementRouter, description="How experts are weighed.")
-    scale: float | None = Field(
+    scale: Float | None = Field(
         None, gt=0, description="s of the LoRA experts' deltas; null = each adapter's own."
     )
     adacd: AdaCDStrategy | None = Field(

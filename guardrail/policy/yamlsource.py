@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from guardrail.policy.base import EnvText
 from guardrail.policy.problems import Path, PolicyProblem, PolicyValidationError, format_path
 
 MAX_DEPTH = 32
@@ -133,7 +134,9 @@ def interpolate(located: Located, env: Mapping[str, str] | None = None) -> Any:
     """A copy of ``located.data`` with ``${VAR}`` and ``${VAR:-default}`` replaced in strings.
 
     ``$$`` stands for a literal ``$``. Keys are never interpolated. Every unset variable that
-    has no default is reported, each with its file, line and field.
+    has no default is reported, each with its file, line and field. A string in which a
+    variable was replaced is an :class:`~guardrail.policy.base.EnvText`, which number and
+    boolean fields read as the value it spells (a string written in the file they refuse).
     """
     environ: Mapping[str, str] = os.environ if env is None else env
     problems: list[PolicyProblem] = []
@@ -158,7 +161,9 @@ def interpolate(located: Located, env: Mapping[str, str] | None = None) -> Any:
             )
             return m.group(0)
 
-        return _ENV.sub(one, text)
+        out = _ENV.sub(one, text)
+        # A reference was replaced: a number or boolean field may read the result (base.EnvText).
+        return EnvText(out) if any(m.group(1) for m in _ENV.finditer(text)) else out
 
     def walk(value: Any, path: Path) -> Any:
         if isinstance(value, str):
