@@ -26,19 +26,13 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-async def iterate_in_thread(
-    make: Callable[[threading.Event], Iterator[T]], *, name: str = "guardrail-worker"
-) -> AsyncIterator[T]:
-    """Yield the items of ``make(cancel)``, which runs in a daemon thread."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
-    cancel = threading.Event()
+Put = Callable[[tuple[str, object]], None]
 
-    def put(item: tuple[str, object]) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            cancel.set()
+
+def _start(make: Callable[[threading.Event], Iterator[T]], put: Put, cancel: threading.Event,
+           name: str) -> None:
+    """Run ``make(cancel)`` in a daemon thread, handing ``("item", x)``, then ``("done", None)``
+    or ``("error", e)`` to ``put``; it stops between items once ``cancel`` is set."""
 
     def work() -> None:
         try:
@@ -46,20 +40,39 @@ async def iterate_in_thread(
                 if cancel.is_set():
                     return
                 put(("item", item))
-        except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
             put(("error", e))
         else:
             put(("done", None))
 
     threading.Thread(target=work, name=name, daemon=True).start()
+
+
+def _unwrap(kind: str, item: object) -> bool:
+    """Whether ``(kind, item)`` is an item (``False`` at the end); raise a worker's error."""
+    if kind == "error":
+        raise item  # type: ignore[misc]
+    return kind == "item"
+
+
+async def iterate_in_thread(
+    make: Callable[[threading.Event], Iterator[T]], *, name: str = "guardrail-worker"
+) -> AsyncIterator[T]:
+    """Yield the items of ``make(cancel)``, which runs in a daemon thread."""
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
+    cancel = threading.Event()
+
+    def put(item: tuple[str, object]) -> None:
+        try:
+            loop.call_soon_threadsafe(items.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            cancel.set()
+
+    _start(make, put, cancel, name)
     try:
-        while True:
-            kind, item = await queue.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                raise item  # type: ignore[misc]
-            yield item  # type: ignore[misc]
+        while _unwrap(*(got := await items.get())):
+            yield got[1]  # type: ignore[misc]
     finally:
         cancel.set()
 
@@ -70,27 +83,10 @@ def iterate_ahead(
     """Yield the items of ``make(cancel)``, produced by a daemon thread that runs ahead."""
     items: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
     cancel = threading.Event()
-
-    def work() -> None:
-        try:
-            for item in make(cancel):
-                if cancel.is_set():
-                    return
-                items.put(("item", item))
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            items.put(("error", e))
-        else:
-            items.put(("done", None))
-
-    threading.Thread(target=work, name=name, daemon=True).start()
+    _start(make, items.put, cancel, name)
     try:
-        while True:
-            kind, item = items.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                raise item  # type: ignore[misc]
-            yield item  # type: ignore[misc]
+        while _unwrap(*(got := items.get())):
+            yield got[1]  # type: ignore[misc]
     finally:
         cancel.set()
 

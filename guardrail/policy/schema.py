@@ -25,7 +25,7 @@ class SamplingConfig(_Strict):
     temperature: Float = Field(0.0, ge=0, description="0 = greedy; otherwise sampling temperature.")
     top_p: Float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (1 = off).")
     top_k: Int = Field(0, ge=0, description="Keep the k most likely tokens (0 = off).")
-    seed: Int | None = Field(None, description="Seed for sampling (null = random).")
+    seed: Int | None = Field(None, ge=0, description="Seed for sampling (null = random).")
     max_new_tokens: Int = Field(256, ge=1, description="Most tokens generated per answer.")
     stop: list[str] = Field(default_factory=list, description="Strings that end the answer.")
 
