@@ -27,5 +27,10 @@ class ContextOverflowError(ConfigError):
     """A prompt (plus the tokens to generate) does not fit in the model's context."""
 
 
+class RouterFileError(ConfigError):
+    """A router or probe file is missing, unreadable, or does not follow the documented key
+    layout."""
+
+
 class RefusalError(GuardrailError):
     """Raised when a policy says ``on_refusal: raise`` and the answer was a refusal."""

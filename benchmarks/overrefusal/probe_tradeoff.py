@@ -25,7 +25,9 @@ import sys
 import numpy as np
 
 from guardrail.loading import get_engine
-from guardrail.experts.probe import _shipped_rows, fit_logistic, prompt_features
+from guardrail.probes.prompt import _shipped_rows
+from guardrail.probes.logistic import fit_logistic
+from guardrail.probes.features import prompt_features
 from guardrail.policy import ModelConfig
 
 DEV = "/root/.cache/guardrail-dev/qwen2.5-coder-0.5b-instruct.gguf"

@@ -10,6 +10,11 @@ from typing import Any
 import typer
 
 from guardrail.errors import GuardrailError
+from guardrail.experts.data import read_labelled, sha256_file
+from guardrail.experts.router_file import save_router
+from guardrail.loading import get_engine
+from guardrail.policy import ModelConfig
+from guardrail.probes.prompt import train_probe
 
 router_app = typer.Typer(help="Expert routers (docs/experts.md).", no_args_is_help=True)
 
@@ -40,11 +45,6 @@ def train(
     ),
 ) -> None:
     """Train the probe (harmful → safety expert, harmless → helpfulness expert) on CPU."""
-    from guardrail.loading import get_engine
-    from guardrail.experts.data import read_labelled, sha256_file
-    from guardrail.experts.probe import train_probe
-    from guardrail.experts.router_file import save_router
-    from guardrail.policy import ModelConfig
 
     try:
         prompts, harmful = read_labelled(data)

@@ -16,7 +16,7 @@ So an answer differs from plain decoding only where the plain model starts a ref
 safety instruction, not the request, makes it sure of. After K tokens O is decoded alone.
 
 With a prompt probe (``harm`` = P(harmful) of the request, MidPO's router signal read from the
-model's hidden state of the prompt, see ``guardrail/experts/probe.py``) the probe replaces the
+model's hidden state of the prompt, see ``guardrail/probes/prompt.py``) the probe replaces the
 switch: a prompt it finds harmful (``harm >= τ``) is decoded plainly from one stream, so the
 model's own refusals stand; in a prompt it finds harmless every refusal start gets the comply
 contrast, and where it is sure (``harm < ban_below``) refusal starts are also banned. Where it is

@@ -4,7 +4,7 @@
   router inside the model (:class:`ExpertMix`, :func:`load_mix`).
 * Portable mode (any backend): experts are token streams mixed per token by
   :class:`guardrail.decoding.experts.ExpertsRule`; the probe router is trained by
-  :func:`train_probe`.
+  prompt probe in :mod:`guardrail.probes`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ _WHERE = {
     "ExpertMix": "faithful", "FaithfulRule": "faithful", "find_down_projs": "faithful",
     "mix_delta": "faithful", "load_mix": "faithful",
     "LoraExpert": "lora", "load_lora_expert": "lora",
-    "prompt_features": "probe", "probe_harm": "probe", "probe_weights": "probe",
-    "train_probe": "probe",
-    "ProbeWeights": "router_file", "load_router": "router_file", "save_router": "router_file",
+    "load_router": "router_file", "save_router": "router_file",
     "FixedGates": "routers", "FoldedGates": "routers", "StackedGates": "routers",
     "fold_stacked": "routers",
     "check_same_tokenizer": "tokenizers",

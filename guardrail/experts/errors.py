@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from guardrail.errors import ConfigError, ModelNotFoundError
-
-
-class RouterFileError(ConfigError):
-    """A router file is missing, unreadable, or does not follow the documented key layout."""
+from guardrail.errors import ConfigError, ModelNotFoundError, RouterFileError
 
 
 class AdapterError(ConfigError):
@@ -19,3 +15,6 @@ class AdapterNotFoundError(ModelNotFoundError):
 
 class TokenizerMismatchError(ConfigError):
     """Two experts would read or write tokens differently, so their streams cannot be mixed."""
+
+
+__all__ = ["AdapterError", "AdapterNotFoundError", "RouterFileError", "TokenizerMismatchError"]

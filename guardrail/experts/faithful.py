@@ -29,6 +29,9 @@ from guardrail.decoding.rules import StepInfo
 from guardrail.experts.errors import AdapterError, RouterFileError
 from guardrail.experts.lora import LoraExpert
 from guardrail.experts.routers import FixedGates, FoldedGates, LayerRouter, StackedGates
+from guardrail.experts.lora import load_lora_expert
+from guardrail.experts.router_file import load_router
+from guardrail.probes.weights import ProbeWeights
 
 _DOWN = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.down_proj$")
 
@@ -237,8 +240,6 @@ def load_mix(
         scale: ``s`` of eq. F for both experts; None = each adapter's own ``lora_alpha / r``.
         fold: run a ``stacked`` router in its folded form (same function, far cheaper).
     """
-    from guardrail.experts.lora import load_lora_expert
-    from guardrail.experts.router_file import ProbeWeights, load_router
 
     if isinstance(router, tuple):
         gates: LayerRouter = FixedGates(*router)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from guardrail.errors import ConfigError
 
 
 def _model_header(model_gguf: Path) -> tuple[str, int]:
-    import gguf
+    import gguf  # optional: the llamacpp extra
 
-    from guardrail.adapters.llamacpp_lora import gguf_field
+    from guardrail.adapters.llamacpp_lora import gguf_field  # needs gguf
 
     if not model_gguf.is_file():
         raise ConfigError(f"--model: no such GGUF file: {str(model_gguf)!r}")
@@ -30,10 +32,9 @@ def _model_header(model_gguf: Path) -> tuple[str, int]:
 
 def convert_peft_lora(peft_dir: str | Path, model_gguf: str | Path, out: str | Path) -> Path:
     """Write the GGUF LoRA of the PEFT adapter in ``peft_dir`` for the model ``model_gguf``."""
-    import gguf
-    import numpy as np
+    import gguf  # optional: the llamacpp extra
 
-    from guardrail.experts.lora import load_lora_expert
+    from guardrail.experts.lora import load_lora_expert  # torch: the experts extra
 
     arch, blocks = _model_header(Path(model_gguf).expanduser())
     expert = load_lora_expert(peft_dir, "converted")

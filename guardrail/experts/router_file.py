@@ -17,59 +17,33 @@ Tensors by kind (L layers, d = the router's input width):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from numpy.typing import NDArray
+from safetensors import SafetensorError, safe_open
 
-from guardrail.experts.errors import RouterFileError
+from guardrail.errors import RouterFileError
+from guardrail.probes.weights import (
+    FORMAT,
+    VERSION,
+    ProbeWeights,
+    probe_from_tensors,
+    save_probe,
+)
 
 if TYPE_CHECKING:  # torch is needed for the per-layer routers only, not for a probe
     import torch
 
     from guardrail.experts.routers import FoldedGates, StackedGates
 
-FORMAT = "guardrail-router"
-VERSION = "1"
 KINDS = ("folded", "stacked", "probe")
-
-
-@dataclass
-class ProbeWeights:
-    """Logistic-regression probe: ``P(harmful) = σ(weight·h + bias)`` (numpy: no torch needed)."""
-
-    weight: NDArray[np.float32]
-    bias: float
-    metadata: dict[str, str] = field(default_factory=dict)
-    kind: str = "probe"
-
-    @property
-    def hidden(self) -> int:
-        return int(self.weight.shape[0])
-
-
-def _save_probe(router: ProbeWeights, path: str | Path, **metadata: str) -> Path:
-    from safetensors.numpy import save_file
-
-    meta = {**router.metadata, **metadata, "format": FORMAT, "version": VERSION, "kind": "probe",
-            "hidden": str(router.hidden)}
-    t = {"probe.weight": np.ascontiguousarray(router.weight, dtype=np.float32).reshape(-1),
-         "probe.bias": np.array([router.bias], dtype=np.float32)}
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(t, str(out), meta)
-    return out
 
 
 def save_router(router: Any, path: str | Path, **metadata: str) -> Path:
     """Write ``router`` to ``path`` (safetensors) with the layout above; returns the path."""
     if isinstance(router, ProbeWeights):
-        return _save_probe(router, path, **metadata)
-    import torch
-    from safetensors.torch import save_file
+        return save_probe(router, path, **metadata)
+    from safetensors.torch import save_file  # torch: per-layer routers only
 
     from guardrail.experts.routers import FoldedGates, StackedGates
 
@@ -141,8 +115,6 @@ def _load_stacked(t: dict[str, torch.Tensor], where: str) -> StackedGates:
 
 
 def _read(p: Path, where: str, framework: str) -> tuple[dict[str, str], dict[str, Any]]:
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(p), framework=framework) as f:
             meta = dict(f.metadata() or {})
@@ -170,10 +142,7 @@ def load_router(path: str | Path) -> Any:
         raise RouterFileError(f"{where}: version {meta.get('version')!r} is not supported ({VERSION})")
     kind = meta.get("kind")
     if kind == "probe":
-        w, b = _need(t, "probe.weight", where), _need(t, "probe.bias", where)
-        if w.ndim != 1 or b.size != 1:
-            raise RouterFileError(f"{where}: probe.weight must be [d] and probe.bias [1]")
-        return ProbeWeights(w.astype(np.float32), float(b.reshape(())), meta)
+        return probe_from_tensors(t, meta, where)
     if kind in ("folded", "stacked"):
         _, t = _read(p, where, "pt")
         return _load_folded(t, where) if kind == "folded" else _load_stacked(t, where)

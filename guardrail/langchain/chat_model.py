@@ -34,7 +34,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from guardrail.langchain import batching
+from guardrail.langchain.batching import batch as batch_inputs
 from guardrail.langchain.threads import iterate_ahead, iterate_in_thread
 from guardrail.langchain.calls import Call, decode_calls, prepare, to_generation
 from guardrail.langchain.options import (
@@ -288,7 +288,7 @@ class GuardedChatModel(BaseChatModel):
               return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
         """Answer every input in one batched decode per loaded model; each input gets its own
         callback run and may carry its own ``configurable`` policy or options."""
-        return batching.batch(self, inputs, config, return_exceptions=return_exceptions,
+        return batch_inputs(self, inputs, config, return_exceptions=return_exceptions,
                               **kwargs)
 
     async def abatch(self, inputs: list[LanguageModelInput],

@@ -29,11 +29,14 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from tqdm.auto import tqdm
 
 from guardrail.adapters.base import Backend, HasHiddenStates, require
 from guardrail.errors import ConfigError
-from guardrail.experts.probe import ProbeReport, fit_logistic, probe_harm, token_span
-from guardrail.experts.router_file import ProbeWeights, load_router, save_router
+from guardrail.experts.router_file import load_router, save_router
+from guardrail.probes.features import token_span
+from guardrail.probes.logistic import ProbeReport, fit_logistic, probe_harm
+from guardrail.probes.weights import ProbeWeights
 from guardrail.refusal.base import RefusalResult
 
 FEATURE = "refusal_last_token_and_answer_mean"
@@ -164,8 +167,6 @@ def train_refusal_probe(
     """Fit a refusal probe on labelled answers (objects with ``prompt``, ``response``,
     ``refused`` and ``index``: the row number within its file). Rows whose index is a multiple
     of ``holdout_every`` are held out for the report and not trained on (0: train on all)."""
-    from tqdm.auto import tqdm
-
     if answer_tokens < 1:
         raise ConfigError(f"--answer-tokens must be at least 1, got {answer_tokens}")
     if holdout_every < 0 or holdout_every == 1:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from guardrail.adapters.base import Backend, HasLayerHooks, HasLoraContexts
+from guardrail.adapters.base import Backend, HasLayerHooks, HasLoraContexts, require
 from guardrail.adapters.routed import RoutedBackend
 from guardrail.decoding.experts import AgreementWeights, ExpertsRule, FixedWeights
 from guardrail.errors import ConfigError
-from guardrail.experts.probe import load_probe, probe_weights
+from guardrail.probes.prompt import load_probe, probe_weights
 from guardrail.experts.tokenizers import check_same_tokenizer
 from guardrail.policy.strategies import (
     Expert,
@@ -67,7 +67,7 @@ def _faithful_rule(s: ExpertsStrategy, engine: Engine) -> Any:
             "experts take a fixed router or a per-layer router file"
         )
     assert isinstance(s.safety, LoraAdapterExpert) and isinstance(s.helpfulness, LoraAdapterExpert)
-    model = engine.backend.model  # type: ignore[attr-defined]  # HasLayerHooks (is_faithful)
+    model = require(engine.backend, HasLayerHooks, "faithful expert mixing").model
     key = ("expert_mix", s.safety.path, s.helpfulness.path, router, s.scale)
     mix = engine.cached(key, lambda: load_mix(model, s.safety.path, s.helpfulness.path, router,
                                               scale=s.scale))

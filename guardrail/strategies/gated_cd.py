@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from guardrail.decoding.gated_cd import GatedCDRule, refusal_start_ids
 from guardrail.policy.strategies import GatedCDStrategy
-from guardrail.experts.probe import prompt_harm
+from guardrail.probes.prompt import prompt_harm
 from guardrail.strategies.prompts import contrast_messages
 from guardrail.strategies.registry import Plan, Tools, register
 

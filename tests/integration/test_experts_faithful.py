@@ -16,12 +16,12 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from guardrail.decoding.loop import GenerationRequest, decode  # noqa: E402
 from guardrail.engine import Engine  # noqa: E402
+from guardrail.probes.weights import ProbeWeights  # noqa: E402
 from guardrail.experts import (  # noqa: E402
     AdapterError,
     AdapterNotFoundError,
     FaithfulRule,
     FoldedGates,
-    ProbeWeights,
     RouterFileError,
     StackedGates,
     find_down_projs,

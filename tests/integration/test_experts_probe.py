@@ -18,16 +18,16 @@ from typer.testing import CliRunner  # noqa: E402
 from guardrail.adapters.transformers import TransformersBackend  # noqa: E402
 from guardrail.engine import Engine  # noqa: E402
 from guardrail.experts import (  # noqa: E402
-    ProbeWeights,
     RouterFileError,
     TokenizerMismatchError,
     check_same_tokenizer,
     load_router,
-    probe_harm,
-    prompt_features,
     save_router,
-    train_probe,
 )
+from guardrail.probes.features import prompt_features  # noqa: E402
+from guardrail.probes.logistic import probe_harm  # noqa: E402
+from guardrail.probes.prompt import train_probe  # noqa: E402
+from guardrail.probes.weights import ProbeWeights  # noqa: E402
 from guardrail.errors import ConfigError  # noqa: E402
 from guardrail.policy import Policy  # noqa: E402
 
@@ -65,7 +65,8 @@ def test_probe_routes_harmful_to_safety(tf_engine: Engine, probe_file: Path) -> 
 
 def test_probes_of_the_last_token_alone_still_route(tf_engine: Engine, tmp_path: Path) -> None:
     """A probe file saved with the last-token feature (older files) reads that feature."""
-    from guardrail.experts.probe import FEATURE_LAST, prompt_harm
+    from guardrail.probes.features import FEATURE_LAST
+    from guardrail.probes.prompt import prompt_harm
 
     prompts, harmful = _rows()
     probe, _ = train_probe(tf_engine.backend, prompts, harmful, heldout=0.0, feature=FEATURE_LAST)
@@ -159,7 +160,7 @@ def test_probe_gate_in_a_gated_cd_policy(tf_engine: Engine, probe_file: Path) ->
     """gated_cd with a probe: a harmful prompt runs on one stream (the model's own answer), a
     harmless one on two, with P(harmful) in every step of the trace (the threshold sits between
     the two prompts' P: this tests the gate, not the quality of an 18-prompt probe)."""
-    from guardrail.experts.probe import prompt_harm
+    from guardrail.probes.prompt import prompt_harm
 
     bad = [{"role": "user", "content": HARMFUL}]
     good = [{"role": "user", "content": "How do I bake bread?"}]
@@ -195,7 +196,7 @@ def test_auto_probe_trains_once_per_model_and_is_cached(
 ) -> None:
     """`probe: {path: auto}` trains on the shipped calibration prompts (never the evaluation
     third of XSTest) on first use, then reads the cached file."""
-    from guardrail.experts import probe as probe_mod
+    from guardrail.probes import prompt as probe_mod
 
     monkeypatch.setenv("GUARDRAIL_CACHE", str(tmp_path))
     prompts, harmful = probe_mod.calibration_prompts()

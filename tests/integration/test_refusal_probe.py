@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from guardrail.errors import ConfigError
 from guardrail.eval import ResultsFile, rescore, run
-from guardrail.experts.router_file import ProbeWeights, save_router
+from guardrail.experts.router_file import save_router
+from guardrail.probes.weights import ProbeWeights
 from guardrail.policy import Policy, RefusalConfig
 from guardrail.refusal import get_detector, string_match
 from guardrail.refusal.agreement import held_out, load_labelled, measure
@@ -121,7 +122,7 @@ def test_probe_config_errors(tmp_path: Path) -> None:
         load_refusal_probe(router)
     with pytest.raises(ConfigError, match="no such file"):
         load_refusal_probe(tmp_path / "missing.safetensors")
-    from guardrail.experts.probe import load_probe
+    from guardrail.probes.prompt import load_probe
 
     with pytest.raises(ConfigError, match="is a refusal probe .* not a prompt router"):
         load_probe(shipped_probe_path())
