@@ -8,7 +8,6 @@ evaluation harness all go through this class, so a policy means the same thing e
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,11 +19,6 @@ from guardrail.refusal import get_detector
 from guardrail.refusal.base import Detector, RefusalResult
 
 
-#: Roles a chat template renders as the model's own earlier output; every other role's text
-#: (user, human, system, tool, a custom ChatMessage role) is input a caller could have written.
-_OWN_ROLES = {"assistant", "ai", "model"}
-
-
 def last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
     """The text of the latest user turn ('' when there is none)."""
     for m in reversed(messages):
@@ -33,17 +27,28 @@ def last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
     return ""
 
 
+def _strings(value: Any) -> list[str]:
+    """Every string inside a tool call's arguments (keys and values, nested), as written."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return [] if value is None else [str(value)]
+
+
 def input_texts(messages: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Every text of the conversation that is input rather than the model's own turn, latest
-    first: each non-assistant message's content, and the arguments of earlier tool calls."""
+    """Every text of the conversation, latest first: each message's content, whatever its role
+    (the caller writes the whole history, "assistant" turns included), and every string in the
+    arguments of earlier tool calls."""
     out: list[str] = []
     for m in reversed(messages):
-        role = str(m.get("role", "")).casefold()
-        if role not in _OWN_ROLES:
-            out.append(str(m.get("content") or ""))
+        out.append(str(m.get("content") or ""))
         for call in m.get("tool_calls") or []:
             fn = call.get("function", {}) if isinstance(call, Mapping) else {}
-            out.append(json.dumps(fn.get("arguments", ""), ensure_ascii=False))
+            out.extend(_strings(fn.get("name", "")))
+            out.extend(_strings(fn.get("arguments", "")))
     return out
 
 
@@ -78,9 +83,9 @@ class Guard:
         self.engine = engine
 
     def check_request(self, messages: Sequence[Mapping[str, Any]]) -> RequestVerdict | None:
-        """The first request rule (in order) matching any input text of the conversation (every
-        turn that is not the model's own: :func:`input_texts`), or None; a rule whose action
-        is ``raise`` raises :class:`RefusalError` here, before any decoding."""
+        """The first request rule (in order) matching any text of the conversation
+        (:func:`input_texts`), or None; a rule whose action is ``raise`` raises
+        :class:`RefusalError` here, before any decoding."""
         hit = self.policy.match(input_texts(messages))
         if hit is None:
             return None

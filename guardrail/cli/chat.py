@@ -48,6 +48,7 @@ def chat(
                 typer.echo(f"[matched rule {verdict.rule}, nothing decoded]", err=True)
             return
         held = guard.holds_answer  # the answer may be replaced: print it at the end
+        finish: FinishEvent | None = None
         for ev in engine.stream([engine.request(policy, messages)]):
             if isinstance(ev, TokenEvent):
                 log_step(policy, ev.step, ev.info)
@@ -57,17 +58,16 @@ def chat(
                     typer.echo(ev.text, nl=False)
                     sys.stdout.flush()
             elif isinstance(ev, FinishEvent):
-                answer = guard.review(prompt, ev.text)
-                typer.echo(answer.text if held else ev.tail)
-                if trace:
-                    typer.echo(
-                        f"[finished: {ev.reason}, {len(ev.token_ids)} tokens, "
-                        f"policy {policy.name}]",
-                        err=True,
-                    )
-                    typer.echo(f"[refused: {answer.refusal.refused} by "
-                               f"{answer.refusal.detector}"
-                               f"{', answer replaced' if answer.replaced else ''}]", err=True)
+                finish = ev
+        assert finish is not None  # the loop finishes every request it was given
+        # Decided once the model is released: a detector may run the model itself.
+        answer = guard.review(prompt, finish.text)
+        typer.echo(answer.text if held else finish.tail)
+        if trace:
+            typer.echo(f"[finished: {finish.reason}, {len(finish.token_ids)} tokens, "
+                       f"policy {policy.name}]", err=True)
+            typer.echo(f"[refused: {answer.refusal.refused} by {answer.refusal.detector}"
+                       f"{', answer replaced' if answer.replaced else ''}]", err=True)
     except GuardrailError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None

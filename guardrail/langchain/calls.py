@@ -25,7 +25,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk
 from guardrail.decoding.constraints import ToolCallConstraint
 from guardrail.decoding.loop import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
 from guardrail.engine import Engine
-from guardrail.errors import ContextOverflowError
+from guardrail.errors import GuardrailError
 from guardrail.guard import Guard, last_user_text
 from guardrail.loading import get_engine
 from guardrail.policy import Policy
@@ -89,7 +89,7 @@ class Call:
     generated: str = ""
     emitted: str = ""
     finish: FinishEvent | None = field(default=None, repr=False)
-    error: ContextOverflowError | None = None  # the call could not run (decode_calls isolate)
+    error: GuardrailError | None = None  # the call failed alone (decode_calls isolate)
     parsed: ParsedOutput | None = None  # the final answer: text, tool calls, invalid calls
 
     @property
@@ -113,6 +113,7 @@ def prepare(
     mode, forced = normalise_tool_choice(tool_choice, tools)
     support = template_support(engine)
     tmpl = to_template_messages(messages, support if tools else None)
+    verdict = guard.check_request(tmpl)  # the caller's conversation, before tools are merged
     render_tools: list[dict[str, Any]] | None = None
     if tools and mode != "none":
         if support.tools:
@@ -124,7 +125,6 @@ def prepare(
     if prefix and support.format == "hermes":
         stops.append("</tool_call>")
     c = Call(engine, guard, None, tmpl, tools, mode, support.format, prefix)
-    verdict = guard.check_request(tmpl)
     if verdict is not None:
         c.matched_rule = verdict.rule
         if verdict.answers:
@@ -286,8 +286,16 @@ def decode_calls(
                 elif isinstance(ev, ErrorEvent):
                     c.error = ev.error
     for i, c in enumerate(calls):
-        if c.error is None:
-            yield i, final_chunk(c)
+        if c.error is not None:
+            continue
+        try:
+            last = final_chunk(c)
+        except GuardrailError as e:  # on_refusal: raise, decided for this call alone
+            if not isolate:
+                raise
+            c.error = e
+            continue
+        yield i, last
 
 
 def to_generation(chunk: ChatGenerationChunk, parsed: ParsedOutput | None) -> ChatGeneration:

@@ -138,7 +138,8 @@ class GuardedChatModel(BaseChatModel):
     @model_validator(mode="after")
     def _check_policy(self) -> GuardedChatModel:
         """Resolve the policy and apply the fields now, so bad values fail at construction (no
-        model is loaded here); the result serves every call without options."""
+        model is loaded here). Each call resolves it again (cheaply: policy files are cached
+        while unchanged), so an edited policy file or a changed field reaches the next call."""
         self._policy_obj = self._policy_for({})
         return self
 
@@ -148,8 +149,6 @@ class GuardedChatModel(BaseChatModel):
     def _policy_for(self, call: dict[str, Any]) -> Policy:
         """The policy a call with options ``call`` runs under (the caller's options checked
         against the operator's rights: :mod:`guardrail.policy.callers`)."""
-        if not call and hasattr(self, "_policy_obj"):
-            return self._policy_obj
         return build_policy(self.policy, self._instance_options(), call, rights=self.callers,
                             registry=self.policies, names=_SPELLED)
 

@@ -25,7 +25,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.errors import GraphBubbleUp
 
 from guardrail.langchain.chat_model import GuardedChatModel
-from guardrail.langchain.options import CALL_OPTIONS
+from guardrail.langchain.options import CALL_OPTIONS, STRATEGY_OPTIONS
 from guardrail.errors import ConfigError
 from guardrail.policy import Policy
 
@@ -76,7 +76,7 @@ class GuardrailMiddleware(AgentMiddleware):  # type: ignore[type-arg]
         self.policy: str | Policy = policy if isinstance(policy, Policy) else str(policy)
         self.options: dict[str, Any] = dict(options)
         self.on_step = on_step
-        self._models: dict[int, tuple[Any, GuardedChatModel]] = {}
+        self._models: dict[tuple[Any, ...], tuple[Any, GuardedChatModel]] = {}
 
     @property
     def name(self) -> str:
@@ -89,12 +89,16 @@ class GuardrailMiddleware(AgentMiddleware):  # type: ignore[type-arg]
         """The agent's model under the middleware's policy and options, which are the
         operator's (instance fields, not caller options); built once per agent model."""
         source = guardable_model(model)
-        key = id(source)
+        key = (type(model).__name__, getattr(model, "model_path", None)
+               if not isinstance(model, GuardedChatModel) else id(model))
         guarded = self._models.get(key)
-        if guarded is None or guarded[0] is not source:
-            fields = {k: getattr(source, k) for k in source.model_fields_set}
+        if guarded is None or (isinstance(model, GuardedChatModel) and guarded[0] is not model):
+            # The agent model's loading and sampling fields stay; its policy, its strategy
+            # options (they belong to its own policy) and its caller rights do not.
+            drop = {"policy", "callers", "policies", *STRATEGY_OPTIONS}
+            fields = {k: getattr(source, k) for k in source.model_fields_set if k not in drop}
             built = GuardedChatModel(**{**fields, **self.options, "policy": self.policy})
-            guarded = self._models[key] = (source, built)
+            guarded = self._models[key] = (model, built)
         return guarded[1]
 
     def _guarded_request(self, request: ModelRequest) -> ModelRequest:

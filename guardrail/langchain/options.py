@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from guardrail.errors import ConfigError
 from guardrail.policy import Policy, load_policy, with_overrides
-from guardrail.policy.callers import Registry, check_options, resolve_switch
+from guardrail.policy.callers import Registry, check_options, resolve_switch, switched
 from guardrail.policy.loader import load_policy_file, resolve_policy_ref, shipped_policies
 from guardrail.policy.schema import CallerRights
 
@@ -186,7 +186,8 @@ def build_policy(
         granted = rights or policy.callers
         check_options(call, granted, policy)
         if call.get("policy") is not None:
-            policy = as_policy(resolve_switch(call["policy"], granted, registry, policy))
+            target = as_policy(resolve_switch(call["policy"], granted, registry, policy))
+            policy = switched(policy, target)
             instance_strict = False
     model = {k: instance[k] for k in LOAD_OPTIONS if instance.get(k) is not None}
     if instance.get("model") is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from guardrail.errors import ConfigError
-from guardrail.policy.loader import load_policy, shipped_policies
+from guardrail.policy.loader import shipped_policies
 from guardrail.policy.schema import CALLER_OPTIONS, CallerRights, Policy
 
 Registry = Mapping[str, "str | Path | Policy"]
@@ -64,9 +64,24 @@ def resolve_switch(value: Any, rights: CallerRights, registry: Registry | None,
                       "a shipped policy")
 
 
-def load_switch(target: str | Path | Policy) -> Policy:
-    """Load what :func:`resolve_switch` returned (a registered path is the operator's)."""
-    return target if isinstance(target, Policy) else load_policy(target)
+def switched(operator: Policy, target: Policy) -> Policy:
+    """What a permitted switch runs: ``target``'s decoding (strategy, sampling, refusal
+    detection and ``on_refusal``) inside the operator's deployment, which a caller cannot shed:
+    the operator's model, deployment prompt (``target``'s only where the operator set none),
+    request rules (first, each with its resolved action; ``target``'s own rules after them)
+    and caller rights."""
+    if target is operator:
+        return operator
+    own = [r.model_copy(update={
+        "action": r.action or operator.on_match.action,
+        "message": r.message if r.message is not None else operator.on_match.message,
+    }) for r in operator.rules]
+    names = {r.name for r in own}
+    system = operator.system_prompt if operator.system_prompt is not None else target.system_prompt
+    return target.model_copy(update={
+        "model": operator.model, "system_prompt": system, "callers": operator.callers,
+        "rules": [*own, *(r for r in target.rules if r.name not in names)],
+    })
 
 
-__all__ = ["Registry", "check_options", "load_switch", "resolve_switch", "trusting"]
+__all__ = ["Registry", "check_options", "resolve_switch", "switched", "trusting"]
