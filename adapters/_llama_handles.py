@@ -139,6 +139,21 @@ class LlamaModel(_Handle):
     def eos(self) -> int:
         return int(self.lib.llama_vocab_eos(self.vocab))
 
+    def parsed_token_texts(self) -> list[str]:
+        """Texts of the tokens llama.cpp's tokenizer matches in text when it parses special
+        tokens (control, user-defined and unknown ones; with ``special=False`` it still matches
+        user-defined ones)."""
+        lib = self.lib
+        kinds = (lib.LLAMA_TOKEN_ATTR_CONTROL | lib.LLAMA_TOKEN_ATTR_USER_DEFINED
+                 | lib.LLAMA_TOKEN_ATTR_UNKNOWN)
+        out = []
+        for t in range(self.n_vocab()):
+            if int(lib.llama_vocab_get_attr(self.vocab, t)) & kinds:
+                text = self.token_text(t)
+                if text:
+                    out.append(text.decode("utf-8", errors="replace"))
+        return out
+
     def token_text(self, token: int) -> bytes | None:
         """The vocabulary entry of ``token`` as stored (``None`` if it has none)."""
         text: bytes | None = self.lib.llama_vocab_get_text(self.vocab, token)
@@ -233,6 +248,13 @@ class LlamaContext(_Handle):
 
     def n_ctx(self) -> int:
         return int(self.lib.llama_n_ctx(self._require()))
+
+    def n_batch(self) -> int:
+        """Most tokens one ``llama_decode`` call takes (llama.cpp caps it at the n_ctx asked)."""
+        return int(self.lib.llama_n_batch(self._require()))
+
+    def n_ubatch(self) -> int:
+        return int(self.lib.llama_n_ubatch(self._require()))
 
     def decode(self, batch: LlamaBatch) -> None:
         rc = self.lib.llama_decode(self._require(), batch.raw)

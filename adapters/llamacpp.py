@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from numpy.typing import NDArray
-
 from guardrail.adapters._llama_handles import LlamaBatch, LlamaContext, LlamaLoraAdapter, LlamaModel
 from guardrail.adapters._template import render_chat_template
 from guardrail.adapters.base import Backend, GuardedStreams, HiddenStatesMixin, Message
+from numpy.typing import NDArray
+
 from guardrail.errors import BackendError, ConfigError, ModelNotFoundError
 
 if TYPE_CHECKING:
@@ -84,9 +84,12 @@ class LlamaCppStreams(GuardedStreams):
         return self._last.copy()
 
     def _append(self, tokens: Sequence[int]) -> None:
-        self._decode([(t, p, s, True) for t, p, s in zip(tokens, self._pos, self._seq)])
-        for j in range(len(self._seq)):
-            self._read(j, j)
+        entries = [(t, p, s, True) for t, p, s in zip(tokens, self._pos, self._seq)]
+        cap = self._n_batch  # more live streams than the context's batch: several calls
+        for start in range(0, len(entries), cap):
+            self._decode(entries[start : start + cap])
+            for j in range(min(cap, len(entries) - start)):
+                self._read(j, start + j)
         self._pos = [p + 1 for p in self._pos]
 
     def _keep(self, indices: list[int]) -> None:
@@ -119,6 +122,9 @@ class LlamaCppBackend(HiddenStatesMixin, Backend):
             shape, so a stream's logits would change with the other streams decoded beside it
             (by up to about one logit on a Q4 model). 32 keeps batched decoding equal to
             decoding one request at a time; raise it for faster prefill of long prompts.
+            llama.cpp caps a context's batch at the ``n_ctx`` asked for; every decode call is
+            split to fit the batch the context really has (:attr:`n_batch` after loading).
+        chat_template: a Jinja chat template to use instead of the GGUF's own.
     """
 
     name = "llamacpp"
@@ -132,6 +138,7 @@ class LlamaCppBackend(HiddenStatesMixin, Backend):
         n_gpu_layers: int = 0,
         n_seq_max: int = 16,
         n_batch: int = 32,
+        chat_template: str | None = None,
         verbose: bool = False,
     ):
         lib = _import_llama_cpp()
@@ -143,6 +150,15 @@ class LlamaCppBackend(HiddenStatesMixin, Backend):
             raise ConfigError(f"n_ctx must be >= 16, got {n_ctx}")
         if n_threads is not None and n_threads < 1:
             raise ConfigError(f"n_threads must be >= 1, got {n_threads}")
+        if n_batch < 1:
+            raise ConfigError(f"n_batch must be >= 1, got {n_batch}")
+        # llama.cpp reserves one output per sequence in a batch capped at n_ctx: more sequences
+        # than n_ctx is a GGML_ASSERT at context creation, more than 256 a refused context
+        if not 1 <= n_seq_max <= min(n_ctx, 256):
+            raise ConfigError(
+                f"n_seq_max must be between 1 and min(n_ctx, 256) = {min(n_ctx, 256)}, "
+                f"got {n_seq_max}"
+            )
         self.lib = lib
         if isinstance(model, Llama):
             self._model = LlamaModel.borrow(lib, model)  # the Llama's weights, kept alive
@@ -181,13 +197,18 @@ class LlamaCppBackend(HiddenStatesMixin, Backend):
         self._n_ctx = self.context.n_ctx()
         self._n_vocab = self._model.n_vocab()
         self._eot = frozenset(t for t in range(self._n_vocab) if self._model.is_eog(t))
-        self._template = self._model.metadata().get("tokenizer.chat_template")
+        self._template = chat_template or self._model.metadata().get("tokenizer.chat_template")
+        self._specials: frozenset[str] | None = None
         self._pieces: dict[int, bytes] = {}
         self._bos = self._piece(self._model.bos())
         self._eos = self._piece(self._model.eos())
 
     def _new_context(self) -> None:
         self.context = LlamaContext(self._model, self._cparams)
+        # llama.cpp caps n_batch at the n_ctx asked for (and n_ubatch at n_batch); a decode call
+        # over the context's n_batch aborts the process (GGML_ASSERT), so every call is cut to it.
+        self.n_batch = min(int(self._cparams.n_batch), self.context.n_batch(),
+                           self.context.n_ubatch())
         self.batch = LlamaBatch(self.lib, self.n_batch)
 
     def with_lora(self, path: str | Path, scale: float | None = None) -> LlamaCppBackend:
@@ -279,6 +300,19 @@ class LlamaCppBackend(HiddenStatesMixin, Backend):
 
     def tokenize(self, text: str) -> list[int]:
         return self._model.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def tokenize_text(self, text: str) -> list[int]:
+        # special=False: control tokens are not parsed (user-defined ones still are; the base's
+        # encode_chat cuts those apart before they get here)
+        return self._model.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    @property
+    def parsed_special_strings(self) -> frozenset[str]:
+        """The texts of the vocabulary's control, user-defined and unknown tokens: what
+        llama.cpp's tokenizer matches in text when it parses special tokens."""
+        if self._specials is None:
+            self._specials = frozenset(self._model.parsed_token_texts())
+        return self._specials
 
     def _bytes(self, token: int) -> bytes:
         piece = self._pieces.get(token)

@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from guardrail.adapters.base import Backend, GuardedStreams, Message, Streams
 from numpy.typing import NDArray
 
-from guardrail.adapters.base import Backend, GuardedStreams, Message, Streams
 from guardrail.errors import ConfigError
 
 
@@ -162,6 +162,13 @@ class RoutedBackend(Backend):
 
     def tokenize(self, text: str) -> list[int]:
         return self.primary.tokenize(text)
+
+    def tokenize_text(self, text: str) -> list[int]:
+        return self.primary.tokenize_text(text)
+
+    @property
+    def parsed_special_strings(self) -> frozenset[str]:
+        return self.primary.parsed_special_strings
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.primary.detokenize(ids)

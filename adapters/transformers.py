@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from numpy.typing import NDArray
-
 from guardrail.adapters.base import (
     KNOWN_END_OF_TURN,
     Backend,
@@ -21,6 +19,8 @@ from guardrail.adapters.base import (
     HiddenStatesMixin,
     Message,
 )
+from numpy.typing import NDArray
+
 from guardrail.errors import BackendError, ConfigError, ModelNotFoundError
 
 if TYPE_CHECKING:
@@ -252,6 +252,24 @@ class TransformersBackend(HiddenStatesMixin, Backend):
 
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def tokenize_text(self, text: str) -> list[int]:
+        # split_special_tokens: special added tokens are not matched (non-special added tokens
+        # still are; the base's encode_chat cuts those apart before they get here)
+        return list(
+            self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        )
+
+    @property
+    def parsed_special_strings(self) -> frozenset[str]:
+        """The tokenizer's added tokens (special or not) and named special tokens: what it
+        matches in text before its model sees the rest."""
+        tok = self.tokenizer
+        added = getattr(tok, "added_tokens_decoder", {}) or {}
+        return frozenset(
+            {str(getattr(t, "content", t)) for t in added.values()}
+            | {str(t) for t in getattr(tok, "all_special_tokens", ())}
+        )
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))

@@ -20,10 +20,10 @@ from typing import Any
 
 import jinja2.ext  # noqa: F401 - adapters/_template.py uses jinja2.ext without importing it
 import numpy as np
-from numpy.typing import NDArray
-
 from guardrail.adapters._template import render_chat_template
 from guardrail.adapters.base import Backend, GuardedStreams, Message
+from numpy.typing import NDArray
+
 from guardrail.errors import BackendError, ConfigError
 
 SPECIAL = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
@@ -63,6 +63,7 @@ CHATML = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 _PIECE = re.compile(r"<\|\w+\|>|[\w']+|[^\w\s]")
+_TEXT_PIECE = re.compile(r"[\w']+|[^\w\s]")  # special parsing off: ``<|im_end|>`` is 5 pieces
 
 
 def next_logits(tokens: Sequence[int]) -> NDArray[np.float32]:
@@ -167,6 +168,13 @@ class FakeBackend(Backend):
 
     def tokenize(self, text: str) -> list[int]:
         return [ID.get(p, ID["<unk>"]) for p in _PIECE.findall(text)]
+
+    def tokenize_text(self, text: str) -> list[int]:
+        return [ID.get(p, ID["<unk>"]) for p in _TEXT_PIECE.findall(text)]
+
+    @property
+    def parsed_special_strings(self) -> frozenset[str]:
+        return frozenset(SPECIAL)
 
     def detokenize(self, ids: Sequence[int]) -> str:
         out = ""
