@@ -13,7 +13,7 @@ from guardrail.adapters.base import Streams
 from guardrail.decoding.adacd import AdaCDRule
 from guardrail.decoding.loop import FinishEvent, GenerationRequest, TokenEvent, decode
 from guardrail.decoding.rules import PlainRule, StepInfo
-from guardrail.engine import get_engine
+from guardrail.loading import get_engine
 from guardrail.errors import ConfigError, ContextOverflowError, ModelNotFoundError, PolicyError
 from guardrail.policy import ModelConfig
 
