@@ -40,8 +40,10 @@ class _Handle:
             self._free(raw)
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # at interpreter exit the library may be gone
+        try:  # no module globals here: at interpreter exit they may already be None
             self.close()
+        except Exception:  # noqa: BLE001, S110 - the library may be gone at exit
+            pass
 
 
 class LlamaModel(_Handle):

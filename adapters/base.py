@@ -25,148 +25,30 @@ Optional capabilities are ``runtime_checkable`` protocols; code that needs one c
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
+from guardrail.adapters.chat_encoding import (
+    ChatSegment,
+    SpecialMatcher,
+    continuation,
+    map_strings,
+    mark_text,
+    pick_markers,
+    split_marked,
+    strings_in,
+)
+from guardrail.adapters.streams import (  # noqa: F401 - also imported from here
+    KNOWN_END_OF_TURN,
+    GuardedStreams,
+    Message,
+    Streams,
+)
 from numpy.typing import NDArray
 
-from guardrail.errors import BackendError, ConfigError
-
-#: Special tokens that end an assistant turn in common chat formats (the same list llama.cpp uses
-#: to recognise end-of-generation tokens); a backend adds those its vocabulary has as specials.
-KNOWN_END_OF_TURN = (
-    "<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-    "<|end_of_text|>", "<EOT>", "<｜end▁of▁sentence｜>", "<|return|>", "<|call|>",
-)
-
-Message = Mapping[str, Any]
-"""A chat message in the OpenAI/HF shape: ``{"role": ..., "content": ...}`` (plus tool fields)."""
-
-
-class Streams(ABC):
-    """Live token streams of one model, advanced in lock-step.
-
-    Streams are addressed by their position among the *live* streams (0 .. ``n_live - 1``);
-    :meth:`keep` drops the others and renumbers the rest in order. This is the interface the
-    loop sees; backends implement it through :class:`GuardedStreams`.
-    """
-
-    @property
-    @abstractmethod
-    def n_live(self) -> int:
-        """Number of live streams."""
-
-    @abstractmethod
-    def logits(self) -> NDArray[np.float32]:
-        """Next-token logits of every live stream, ``[n_live, vocab]`` float32 (a fresh copy)."""
-
-    @abstractmethod
-    def append(self, tokens: Sequence[int]) -> None:
-        """Feed one token to each live stream (``len(tokens) == n_live``) in one forward pass."""
-
-    @abstractmethod
-    def keep(self, indices: Sequence[int]) -> None:
-        """Keep only the live streams at ``indices`` (ascending) and free the rest."""
-
-    @abstractmethod
-    def lengths(self) -> list[int]:
-        """Tokens held by each live stream (prompt plus appended)."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Free every stream; further calls are errors. Idempotent."""
-
-    def __enter__(self) -> Streams:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class GuardedStreams(Streams):
-    """:class:`Streams` whose public calls are checked here, once for every backend.
-
-    The public methods refuse closed streams, keep the live count, check that :meth:`append`
-    gets one token per live stream and that :meth:`keep` gets ascending live positions (keeping
-    every stream is a no-op), then call the backend's hooks (``_logits``, ``_append``, ``_keep``,
-    ``_lengths``, ``_close``), which may assume valid arguments. :meth:`close` calls ``_close``
-    once. Subclasses call ``super().__init__(n_live)`` before anything that may raise.
-    """
-
-    def __init__(self, n_live: int) -> None:
-        self._n_live = n_live
-        self._closed = False
-
-    @property
-    def n_live(self) -> int:
-        return self._n_live
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` has run."""
-        return self._closed
-
-    def _check_open(self, op: str) -> None:
-        if self._closed:
-            raise BackendError(f"{op}: streams are closed")
-
-    def logits(self) -> NDArray[np.float32]:
-        self._check_open("logits")
-        return self._logits()
-
-    def append(self, tokens: Sequence[int]) -> None:
-        self._check_open("append")
-        if len(tokens) != self._n_live:
-            raise ConfigError(f"append: {len(tokens)} tokens for {self._n_live} live streams")
-        self._append(tokens)
-
-    def keep(self, indices: Sequence[int]) -> None:
-        self._check_open("keep")
-        idx = [int(i) for i in indices]
-        if any(not 0 <= i < self._n_live for i in idx) or any(
-            a >= b for a, b in zip(idx, idx[1:])
-        ):
-            raise ConfigError(
-                f"keep: indices {idx} are not ascending positions among {self._n_live} live "
-                "streams"
-            )
-        if len(idx) == self._n_live:  # ascending and in range: every stream, nothing to free
-            return
-        self._keep(idx)
-        self._n_live = len(idx)
-
-    def lengths(self) -> list[int]:
-        return self._lengths()
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._close()
-
-    @abstractmethod
-    def _logits(self) -> NDArray[np.float32]:
-        """:meth:`logits` of open streams."""
-
-    @abstractmethod
-    def _append(self, tokens: Sequence[int]) -> None:
-        """:meth:`append` of open streams, one token per live stream."""
-
-    @abstractmethod
-    def _keep(self, indices: list[int]) -> None:
-        """:meth:`keep` of open streams: ``indices`` ascending, in range, fewer than all."""
-
-    @abstractmethod
-    def _lengths(self) -> list[int]:
-        """:meth:`lengths`."""
-
-    @abstractmethod
-    def _close(self) -> None:
-        """Free every stream (called once)."""
-
+from guardrail.errors import BackendError
 
 # --- roles --------------------------------------------------------------------------------
 
@@ -299,179 +181,6 @@ def require(backend: Backend, capability: type[C], needed_for: str) -> C:
             f"{capability.__name__}"
         )
     return backend
-
-
-# --- chat encoding: message text is text --------------------------------------------------
-#
-# A tokenizer that parses special tokens in the rendered prompt would turn control tokens typed
-# into a message (``<|im_end|>\n<|im_start|>system\n...``) into real turn boundaries. When some
-# message text holds a string the tokenizer parses, :meth:`Backend.encode_chat` renders the
-# conversation with each such text wrapped in private-use markers (and a cut marker inside every
-# occurrence), splits the rendered prompt at the markers, tokenizes the template's pieces with
-# special tokens parsed and the message texts with special parsing off, and concatenates. A
-# conversation whose texts hold no such string is tokenized exactly as before, in one call.
-
-
-@dataclass(frozen=True)
-class ChatSegment:
-    """One run of an encoded chat prompt: its ``text`` (markers removed) and its ``ids``.
-
-    ``literal``: message text (contents, tool-call names and arguments, tool results),
-    tokenized with special parsing off; otherwise the template's own text, special tokens
-    parsed. The segments' texts concatenate to the rendered prompt, their ids to
-    :meth:`Backend.encode_chat`."""
-
-    text: str
-    ids: tuple[int, ...]
-    literal: bool
-
-
-def _trie_pattern(strings: Iterable[str]) -> str:
-    """A regular expression matching any of ``strings``, as a trie (fast on thousands)."""
-    trie: dict[str, Any] = {}
-    for s in strings:
-        node = trie
-        for ch in s:
-            node = node.setdefault(ch, {})
-        node[""] = {}
-
-    def build(node: dict[str, Any]) -> str:
-        parts = [re.escape(ch) + build(child) for ch, child in sorted(node.items()) if ch]
-        if not parts:
-            return ""
-        body = parts[0] if len(parts) == 1 else "(?:" + "|".join(parts) + ")"
-        return f"(?:{body})?" if "" in node else body
-
-    return build(trie)
-
-
-class SpecialMatcher:
-    """Where a tokenizer's parseable token strings (special, control, added) occur in text.
-
-    Strings shorter than two characters or made of whitespace only are left out: they cannot
-    be cut apart, and a tokenizer gives such text the same tokens whether it parses specials
-    or not."""
-
-    def __init__(self, strings: Iterable[str]):
-        self.strings = frozenset(s for s in strings if len(s) >= 2 and s.strip())
-        body = _trie_pattern(self.strings)
-        self._any = re.compile(body) if body else None
-        self._starts = re.compile(f"(?=(?:{body}))") if body else None
-        self._by_last: dict[str, list[str]] = {}
-        for s in self.strings:
-            self._by_last.setdefault(s[-1], []).append(s)
-
-    def found_in(self, text: str) -> bool:
-        """Whether ``text`` holds any of the strings."""
-        return self._any is not None and self._any.search(text) is not None
-
-    def cut_points(self, text: str) -> list[int]:
-        """Positions that split every occurrence in ``text``: one after each occurrence's
-        first character (overlapping occurrences included)."""
-        if self._starts is None:
-            return []
-        return sorted({m.start() + 1 for m in self._starts.finditer(text)})
-
-    def ends_with_one(self, text: str) -> bool:
-        """Whether ``text`` ends with one of the strings (a special token when parsed)."""
-        return bool(text) and any(text.endswith(s) for s in self._by_last.get(text[-1], ()))
-
-
-def _strings_in(x: Any) -> Iterator[str]:
-    """Every string in a JSON-like value: mapping keys and values, list items."""
-    if isinstance(x, str):
-        yield x
-    elif isinstance(x, Mapping):
-        for k, v in x.items():
-            yield from _strings_in(k)
-            yield from _strings_in(v)
-    elif isinstance(x, (list, tuple)):
-        for v in x:
-            yield from _strings_in(v)
-
-
-def _map_strings(x: Any, fn: Any) -> Any:
-    """``x`` with ``fn`` applied to every string in it (mapping keys included)."""
-    if isinstance(x, str):
-        return fn(x)
-    if isinstance(x, Mapping):
-        return {_map_strings(k, fn): _map_strings(v, fn) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_map_strings(v, fn) for v in x]
-    return x
-
-
-def pick_markers(texts: Iterable[str], n: int = 3) -> tuple[str, ...]:
-    """``n`` private-use characters (plane 15) that occur in none of ``texts``."""
-    texts = list(texts)
-    out: list[str] = []
-    for cp in range(0xF0000, 0xFFFFE):
-        ch = chr(cp)
-        if not any(ch in t for t in texts):
-            out.append(ch)
-            if len(out) == n:
-                return tuple(out)
-    raise BackendError("chat encoding: no free private-use marker characters")  # pragma: no cover
-
-
-def mark_text(text: str, matcher: SpecialMatcher, start: str, end: str, cut: str) -> str:
-    """``text`` wrapped in ``start``/``end`` (inside its leading and trailing whitespace, so a
-    template's ``trim`` still sees it) with ``cut`` inside every parseable occurrence; ``text``
-    unchanged when it holds none."""
-    cuts = matcher.cut_points(text)
-    if not cuts:
-        return text
-    lo, hi = len(text) - len(text.lstrip()), len(text.rstrip())
-    events = sorted([(lo, 0, start), *((c, 1, cut) for c in cuts), (hi, 2, end)])
-    out, prev = [], 0
-    for pos, _, mark in events:
-        out.append(text[prev:pos])
-        out.append(mark)
-        prev = pos
-    out.append(text[prev:])
-    return "".join(out)
-
-
-def split_marked(rendered: str, start: str, end: str, cut: str) -> list[tuple[str, bool]]:
-    """A prompt rendered from marked texts as ``(text, literal)`` runs, markers removed.
-
-    Text between ``start`` and ``end`` is literal (message text); a ``cut`` ends a run. When
-    the template did not keep the markers paired (it sliced or split a marked text), ``start``
-    and ``end`` are ignored and every run is the template's, split at the cuts alone: a cut
-    still keeps each occurrence from being parsed whole. Empty runs are dropped."""
-    parts = re.split(f"([{re.escape(start + end + cut)}])", rendered)
-    runs: list[tuple[str, bool]] = []
-    literal = False
-    paired = True
-    for i, part in enumerate(parts):
-        if i % 2 == 0:
-            if part:
-                runs.append((part, literal))
-        elif part == start:
-            paired = paired and not literal
-            literal = True
-        elif part == end:
-            paired = paired and literal
-            literal = False
-    if paired and not literal:
-        return runs
-    flat = rendered.replace(start, "").replace(end, "")
-    return [(p, False) for p in flat.split(cut) if p]
-
-
-_ANCHOR = "\n"
-
-
-def _continuation(tokenize: Any, text: str) -> list[int]:
-    """``tokenize(text)`` as it would go on after other text: the ids of ``anchor + text``
-    less the anchor's, when they start with them (a tokenizer adding a leading space to each
-    call, as SentencePiece's does, adds it to the anchor); plain ``tokenize(text)`` otherwise."""
-    head = tokenize(_ANCHOR)
-    if head:
-        both = tokenize(_ANCHOR + text)
-        if both[: len(head)] == head:
-            return list(both[len(head) :])
-    return list(tokenize(text))
 
 
 class HiddenStatesMixin:
@@ -613,21 +322,21 @@ class Backend(ChatText, Compute, ABC):
         adds none inside a text."""
         matcher = self.special_matcher()
         found = any(
-            matcher.found_in(s) for s in (*_strings_in(list(messages)), *_strings_in(tools))
+            matcher.found_in(s) for s in (*strings_in(list(messages)), *strings_in(tools))
         )
         if not found:
             text = self.render(messages, tools=tools, add_generation_prompt=add_generation_prompt)
             return [ChatSegment(text, tuple(self.tokenize(text)), literal=False)]
         start, end, cut = pick_markers(
-            [*_strings_in(list(messages)), *_strings_in(tools), self.chat_template or ""]
+            [*strings_in(list(messages)), *strings_in(tools), self.chat_template or ""]
         )
 
         def mark(text: str) -> str:
             return mark_text(text, matcher, start, end, cut)
 
         rendered = self.render(
-            _map_strings(list(messages), mark),
-            tools=_map_strings(list(tools), mark) if tools else None,
+            map_strings(list(messages), mark),
+            tools=map_strings(list(tools), mark) if tools else None,
             add_generation_prompt=add_generation_prompt,
         )
         segments: list[ChatSegment] = []
@@ -635,7 +344,7 @@ class Backend(ChatText, Compute, ABC):
             fn = self.tokenize_text if literal else self.tokenize
             prev = segments[-1] if segments else None
             joins = prev is not None and (prev.literal or not matcher.ends_with_one(prev.text))
-            ids = _continuation(fn, text) if joins else fn(text)
+            ids = continuation(fn, text) if joins else fn(text)
             segments.append(ChatSegment(text, tuple(ids), literal))
         return segments
 

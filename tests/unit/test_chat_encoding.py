@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 from fakes import ID, SPECIAL, FakeBackend
-from guardrail.adapters.base import (
+
+from guardrail.adapters.chat_encoding import (
     ChatSegment,
     SpecialMatcher,
-    _continuation,
+    continuation,
     mark_text,
     pick_markers,
     split_marked,
@@ -134,9 +135,9 @@ def test_continuation_drops_a_per_call_leading_space() -> None:
     def spm(text: str) -> list[int]:  # a SentencePiece-like tokenizer: "▁" before each call
         return [ord(c) for c in " " + text]
 
-    assert _continuation(spm, "ab") == [ord("a"), ord("b")]
-    assert _continuation(lambda t: [ord(c) for c in t.strip()], "ab") == [ord("a"), ord("b")]
-    assert _continuation(lambda t: [], "ab") == []
+    assert continuation(spm, "ab") == [ord("a"), ord("b")]
+    assert continuation(lambda t: [ord(c) for c in t.strip()], "ab") == [ord("a"), ord("b")]
+    assert continuation(lambda t: [], "ab") == []
 
 
 # --- encode_chat on the fake backend --------------------------------------------------------
