@@ -11,12 +11,14 @@ Probes saved with the last token alone (``FEATURE_LAST``) still load. Shared by 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
 from guardrail.adapters.base import Backend, HasHiddenStates, Message, require
+from guardrail.adapters.chat_encoding import ChatSegment
 from guardrail.errors import ConfigError
 
 FEATURE_LAST = "last_layer_last_prompt_token"
@@ -24,25 +26,39 @@ FEATURE = "last_layer_last_token_and_user_mean"
 FEATURES = (FEATURE, FEATURE_LAST)
 
 
-def token_span(backend: Backend, text: str, part: str, n_ids: int) -> tuple[int, int] | None:
-    """Token positions ``[start, end)`` of the last occurrence of ``part`` in ``text``, a
-    rendered conversation of ``n_ids`` tokens, or ``None`` when it cannot be located."""
-    at = text.rfind(part) if part else -1
+@dataclass(frozen=True)
+class Encoded:
+    """A conversation as the model reads it: its prompt text, ids and chat segments (message
+    text is text: :meth:`~guardrail.adapters.base.Backend.encode_chat_segments`)."""
+
+    text: str
+    ids: list[int]
+    segments: list[ChatSegment]
+
+
+def encode(backend: Backend, messages: Sequence[Message], *,
+           add_generation_prompt: bool = True) -> Encoded:
+    """``messages`` encoded exactly as a request would be (the ids the probe reads)."""
+    segments = backend.encode_chat_segments(messages, add_generation_prompt=add_generation_prompt)
+    return Encoded("".join(s.text for s in segments), [i for s in segments for i in s.ids],
+                   segments)
+
+
+def token_span(backend: Backend, enc: Encoded, part: str) -> tuple[int, int] | None:
+    """Token positions ``[start, end)`` of the last occurrence of ``part`` in the encoded
+    conversation, or ``None`` when it cannot be located."""
+    at = enc.text.rfind(part) if part else -1
     if at < 0:
         return None
-    start = len(backend.tokenize(text[:at]))
-    end = n_ids - len(backend.tokenize(text[at + len(part) :]))
-    return (start, end) if 0 <= start < end <= n_ids else None
+    return backend.chat_token_span(enc.segments, at, at + len(part))
 
 
-def user_span(
-    backend: Backend, messages: Sequence[Message], text: str, n_ids: int
-) -> tuple[int, int]:
-    """Token positions ``[start, end)`` of the last user message's text in ``text``, the
-    rendered prompt of ``n_ids`` tokens (the whole prompt when the text cannot be located)."""
+def user_span(backend: Backend, messages: Sequence[Message], enc: Encoded) -> tuple[int, int]:
+    """Token positions ``[start, end)`` of the last user message's text in the encoded
+    conversation (the whole prompt when the text cannot be located)."""
     users = [m for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)]
     content = str(users[-1]["content"]) if users else ""
-    return token_span(backend, text, content, n_ids) or (0, n_ids)
+    return token_span(backend, enc, content) or (0, len(enc.ids))
 
 
 def conversation_feature(
@@ -52,12 +68,11 @@ def conversation_feature(
     if feature not in FEATURES:
         raise ConfigError(f"probe feature must be one of {', '.join(FEATURES)}, got {feature!r}")
     model = require(backend, HasHiddenStates, "a prompt probe")
-    text = backend.render(messages)
-    ids = backend.tokenize(text)
-    states = model.prompt_hidden_states(ids)
+    enc = encode(backend, messages)
+    states = model.prompt_hidden_states(enc.ids)
     if feature == FEATURE_LAST:
         return states[-1]
-    start, end = user_span(backend, messages, text, len(ids))
+    start, end = user_span(backend, messages, enc)
     return np.concatenate([states[-1], states[start:end].mean(axis=0)]).astype(np.float32)
 
 

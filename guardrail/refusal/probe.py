@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from guardrail.adapters.base import Backend, HasHiddenStates, require
 from guardrail.errors import ConfigError
 from guardrail.experts.router_file import load_router, save_router
-from guardrail.probes.features import token_span
+from guardrail.probes.features import encode, token_span
 from guardrail.probes.logistic import ProbeReport, fit_logistic, probe_harm
 from guardrail.probes.weights import ProbeWeights
 from guardrail.refusal.base import RefusalResult
@@ -60,13 +60,13 @@ def answer_feature(
     the answer's tokens, the answer cut to its first ``answer_tokens`` tokens (what the probe
     was trained on: a decision made on how an answer starts works on short evaluation answers)."""
     model = require(backend, HasHiddenStates, "a refusal probe")
-    answer = backend.detokenize(backend.tokenize(response.strip())[:answer_tokens])
+    answer = backend.detokenize(backend.tokenize_text(response.strip())[:answer_tokens])
     messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-    text = backend.render(messages, add_generation_prompt=False)
-    ids = backend.tokenize(text)
-    states = model.prompt_hidden_states(ids)
+    enc = encode(backend, messages, add_generation_prompt=False)  # message text is text
+    states = model.prompt_hidden_states(enc.ids)
     # an empty or unlocatable answer: its closing token
-    start, end = token_span(backend, text, answer, len(ids)) or (len(ids) - 1, len(ids))
+    n = len(enc.ids)
+    start, end = token_span(backend, enc, answer) or (n - 1, n)
     return np.concatenate([states[-1], states[start:end].mean(axis=0)]).astype(np.float32)
 
 
