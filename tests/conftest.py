@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fakes import FakeBackend
@@ -60,3 +63,32 @@ def fake_backend() -> FakeBackend:
 def fake_engine(fake_backend: FakeBackend) -> Engine:
     """The engine of :func:`fake_backend`."""
     return engine_for(fake_backend)
+
+
+@pytest.fixture(scope="session")
+def lora_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PEFT-format down_proj adapter of the embedded model (r=4, α=8, seed 0), converted by
+    the CLI to a GGUF LoRA."""
+    pytest.importorskip("torch")  # the converter reads PEFT adapters with torch
+    pytest.importorskip("gguf")
+    from safetensors.numpy import save_file
+    from typer.testing import CliRunner
+
+    from guardrail.cli import app
+
+    root = tmp_path_factory.mktemp("lora")
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for i in range(30):  # SmolLM2-135M: 30 layers, hidden 576, MLP 1536
+        key = f"base_model.model.model.layers.{i}.mlp.down_proj"
+        tensors[f"{key}.lora_A.weight"] = rng.normal(0, 0.05, (4, 1536)).astype(np.float32)
+        tensors[f"{key}.lora_B.weight"] = rng.normal(0, 0.05, (576, 4)).astype(np.float32)
+    peft_dir = root / "peft"
+    peft_dir.mkdir()
+    save_file(tensors, str(peft_dir / "adapter_model.safetensors"))
+    (peft_dir / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["down_proj"]}))
+    out = root / "safety.gguf"
+    res = CliRunner().invoke(app, ["experts", "convert-lora", str(peft_dir), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    return out

@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
 from guardrail.adapters.routed import RoutedBackend
@@ -45,29 +43,6 @@ def _fixed(a: float, b: float) -> dict:
 def _plain(engine: Engine, system: str | None = None, tokens: int = 10) -> list[int]:
     p = Policy.model_validate({"system_prompt": system, "sampling": {"max_new_tokens": tokens}})
     return engine.generate(p, MSGS).token_ids
-
-
-@pytest.fixture(scope="module")
-def lora_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A PEFT-format down_proj adapter (r=4, α=8, seed 0) converted by the CLI to a GGUF LoRA."""
-    pytest.importorskip("torch")  # the converter reads PEFT adapters with torch
-    pytest.importorskip("gguf")
-    root = tmp_path_factory.mktemp("lora")
-    rng = np.random.default_rng(0)
-    tensors = {}
-    for i in range(30):  # SmolLM2-135M: 30 layers, hidden 576, MLP 1536
-        key = f"base_model.model.model.layers.{i}.mlp.down_proj"
-        tensors[f"{key}.lora_A.weight"] = rng.normal(0, 0.05, (4, 1536)).astype(np.float32)
-        tensors[f"{key}.lora_B.weight"] = rng.normal(0, 0.05, (576, 4)).astype(np.float32)
-    peft_dir = root / "peft"
-    peft_dir.mkdir()
-    save_file(tensors, str(peft_dir / "adapter_model.safetensors"))
-    (peft_dir / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["down_proj"]}))
-    out = root / "safety.gguf"
-    res = CliRunner().invoke(app, ["experts", "convert-lora", str(peft_dir), "-o", str(out)])
-    assert res.exit_code == 0, res.output
-    return out
 
 
 def test_converted_adapter_header(lora_file: Path) -> None:

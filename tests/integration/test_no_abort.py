@@ -14,7 +14,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("llama_cpp")
@@ -96,34 +95,6 @@ def test_hidden_states_and_many_streams_do_not_abort(n_ctx: int) -> None:
     assert got["batch"] <= n_ctx
     assert got["states"][0] > n_ctx and got["rows"] == n_ctx
     assert got["first"] == 0.0 and got["same"] < 1e-3
-
-
-@pytest.fixture(scope="module")
-def lora_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small random down_proj adapter converted by the CLI to a GGUF LoRA."""
-    pytest.importorskip("torch")
-    pytest.importorskip("gguf")
-    from safetensors.numpy import save_file
-    from typer.testing import CliRunner
-
-    from guardrail.cli import app
-
-    root = tmp_path_factory.mktemp("lora")
-    rng = np.random.default_rng(0)
-    tensors = {}
-    for i in range(30):  # SmolLM2-135M: 30 layers, hidden 576, MLP 1536
-        key = f"base_model.model.model.layers.{i}.mlp.down_proj"
-        tensors[f"{key}.lora_A.weight"] = rng.normal(0, 0.05, (4, 1536)).astype(np.float32)
-        tensors[f"{key}.lora_B.weight"] = rng.normal(0, 0.05, (576, 4)).astype(np.float32)
-    peft = root / "peft"
-    peft.mkdir()
-    save_file(tensors, str(peft / "adapter_model.safetensors"))
-    (peft / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["down_proj"]}))
-    out = root / "lora.gguf"
-    res = CliRunner().invoke(app, ["experts", "convert-lora", str(peft), "-o", str(out)])
-    assert res.exit_code == 0, res.output
-    return out
 
 
 @pytest.mark.parametrize("kwargs", [{"n_ctx": 16, "n_seq_max": 17}, {"n_ctx": 40, "n_seq_max": 41},
