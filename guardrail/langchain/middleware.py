@@ -88,18 +88,19 @@ class GuardrailMiddleware(AgentMiddleware):  # type: ignore[type-arg]
     def _guarded_model(self, model: Any) -> GuardedChatModel:
         """The agent's model under the middleware's policy and options, which are the
         operator's (instance fields, not caller options); built once per agent model."""
+        own = isinstance(model, GuardedChatModel)
+        key = (type(model).__name__, id(model) if own else getattr(model, "model_path", None))
+        hit = self._models.get(key)
+        if hit is not None and (hit[0] is model or not own):  # a ChatLlamaCpp: by its file
+            return hit[1]
         source = guardable_model(model)
-        key = (type(model).__name__, getattr(model, "model_path", None)
-               if not isinstance(model, GuardedChatModel) else id(model))
-        guarded = self._models.get(key)
-        if guarded is None or (isinstance(model, GuardedChatModel) and guarded[0] is not model):
-            # The agent model's loading and sampling fields stay; its policy, its strategy
-            # options (they belong to its own policy) and its caller rights do not.
-            drop = {"policy", "callers", "policies", *STRATEGY_OPTIONS}
-            fields = {k: getattr(source, k) for k in source.model_fields_set if k not in drop}
-            built = GuardedChatModel(**{**fields, **self.options, "policy": self.policy})
-            guarded = self._models[key] = (model, built)
-        return guarded[1]
+        # The agent model's loading and sampling fields stay; its policy, its strategy options
+        # (they belong to its own policy) and its caller rights do not.
+        drop = {"policy", "callers", "policies", *STRATEGY_OPTIONS}
+        fields = {k: getattr(source, k) for k in source.model_fields_set if k not in drop}
+        built = GuardedChatModel(**{**fields, **self.options, "policy": self.policy})
+        self._models[key] = (model, built)
+        return built
 
     def _guarded_request(self, request: ModelRequest) -> ModelRequest:
         """``request`` with the guarded model; the agent's own model settings stay call options
