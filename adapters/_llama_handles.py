@@ -251,6 +251,10 @@ class LlamaContext(_Handle):
     def n_ctx(self) -> int:
         return int(self.lib.llama_n_ctx(self._require()))
 
+    def n_ctx_seq(self) -> int:
+        """Cells one sequence may use (all of them in a unified cache)."""
+        return int(self.lib.llama_n_ctx_seq(self._require()))
+
     def n_batch(self) -> int:
         """Most tokens one ``llama_decode`` call takes (llama.cpp caps it at the n_ctx asked)."""
         return int(self.lib.llama_n_batch(self._require()))
@@ -280,9 +284,6 @@ class LlamaContext(_Handle):
 
     def set_embeddings(self, on: bool) -> None:
         self.lib.llama_set_embeddings(self._require(), on)
-
-    def clear_memory(self) -> None:
-        self.lib.llama_memory_clear(self.memory, True)
 
     def remove_sequence(self, seq: int) -> None:
         self.lib.llama_memory_seq_rm(self.memory, seq, -1, -1)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,48 +38,82 @@ def _import_llama_cpp() -> Any:
     return llama_cpp
 
 
+KV_LAYOUTS = ("unified", "per_stream")
+"""How streams share the KV cache (see :class:`LlamaCppBackend`'s ``kv``)."""
+
+
 class LlamaCppStreams(GuardedStreams):
-    """Sequences of the backend's context, one sequence id each."""
+    """Sequences of the backend's context, one sequence id each, taken from the backend's pool.
+
+    Several stream sets may be open on one context at once (a running batch and a probe's
+    prefill, say): each holds its own sequence ids and frees only those, so one set never
+    touches another's KV cells. Calls on one context must still be serialised (the engine's
+    lock).
+    """
 
     def __init__(
         self, backend: LlamaCppBackend, prompts: Sequence[Sequence[int]], *,
         all_outputs: bool = False, on_chunk: Callable[[int], None] | None = None,
     ):
         super().__init__(len(prompts))
+        self._backend = backend
         self._ctx = backend.context
         self._batch = backend.batch
         self._n_batch = backend.n_batch
         self._vocab = backend.vocab_size
         self._all_outputs = all_outputs  # embeddings on: llama.cpp wants every token as output
         self._on_chunk = on_chunk  # called with each prefill chunk's size after its decode
-        self._seq = list(range(len(prompts)))
-        self._pos = [len(p) for p in prompts]
-        self._ctx.clear_memory()
-        self._last = np.empty((len(prompts), self._vocab), dtype=np.float32)
-        self._prefill(prompts)
+        self._seq: list[int] = []
+        self._pos: list[int] = []
+        self._last = np.empty((0, self._vocab), dtype=np.float32)
+        try:
+            for _ in self._prefill(prompts):
+                pass
+        except BaseException:
+            self._close()
+            raise
 
     def _decode(self, entries: Sequence[tuple[int, int, int, bool]]) -> None:
         """Decode (token, pos, seq_id, want_logits) entries as one batch."""
         self._batch.fill(entries)
         self._ctx.decode(self._batch)
 
-    def _read(self, batch_index: int, row: int) -> None:
-        self._last[row] = self._ctx.logits_ith(batch_index, self._vocab)
+    def _prefill(self, prompts: Sequence[Sequence[int]]) -> Iterator[int]:
+        """Prefill ``prompts`` on new sequence ids in chunks of the context's batch (yield each
+        chunk's size); then they are live, after the others."""
+        seqs = self._backend._take_sequences(len(prompts))
+        done = False
+        try:
+            flat = [
+                (tok, pos, s, pos == len(p) - 1) for s, p in zip(seqs, prompts)
+                for pos, tok in enumerate(p)
+            ]
+            last = np.empty((len(prompts), self._vocab), dtype=np.float32)
+            row = {s: i for i, s in enumerate(seqs)}
+            cap = self._n_batch
+            for start in range(0, len(flat), cap):
+                chunk = flat[start : start + cap]
+                self._decode([(t, p, s, w or self._all_outputs) for t, p, s, w in chunk])
+                if self._on_chunk is not None:
+                    self._on_chunk(len(chunk))
+                for j, (_, _, s, want) in enumerate(chunk):
+                    if want:
+                        last[row[s]] = self._ctx.logits_ith(j, self._vocab)
+                yield len(chunk)
+            self._seq += seqs
+            self._pos += [len(p) for p in prompts]
+            self._last = np.concatenate([self._last, last]) if len(self._last) else last
+            done = True
+        finally:
+            if not done:  # failed or closed early: free what was prefilled
+                self._backend._free_sequences(seqs)
 
-    def _prefill(self, prompts: Sequence[Sequence[int]]) -> None:
-        flat = [
-            (tok, pos, s, pos == len(p) - 1) for s, p in enumerate(prompts) for pos, tok in
-            enumerate(p)
-        ]
-        cap = self._n_batch
-        for start in range(0, len(flat), cap):
-            chunk = flat[start : start + cap]
-            self._decode([(t, p, s, w or self._all_outputs) for t, p, s, w in chunk])
-            if self._on_chunk is not None:
-                self._on_chunk(len(chunk))
-            for j, (_, _, s, want) in enumerate(chunk):
-                if want:
-                    self._read(j, s)
+    @property
+    def can_add(self) -> bool:
+        return True
+
+    def _add(self, prompts: Sequence[Sequence[int]]) -> Iterator[int]:
+        return self._prefill(prompts)
 
     def _logits(self) -> NDArray[np.float32]:
         return self._last.copy()
@@ -89,12 +124,12 @@ class LlamaCppStreams(GuardedStreams):
         for start in range(0, len(entries), cap):
             self._decode(entries[start : start + cap])
             for j in range(min(cap, len(entries) - start)):
-                self._read(j, start + j)
+                self._last[start + j] = self._ctx.logits_ith(j, self._vocab)
         self._pos = [p + 1 for p in self._pos]
 
     def _keep(self, indices: list[int]) -> None:
-        for i in set(range(len(self._seq))) - set(indices):
-            self._ctx.remove_sequence(self._seq[i])
+        kept = set(indices)
+        self._backend._free_sequences([s for i, s in enumerate(self._seq) if i not in kept])
         self._seq = [self._seq[i] for i in indices]
         self._pos = [self._pos[i] for i in indices]
         self._last = self._last[indices]
@@ -103,7 +138,8 @@ class LlamaCppStreams(GuardedStreams):
         return list(self._pos)
 
     def _close(self) -> None:
-        self._ctx.clear_memory()
+        self._backend._free_sequences(self._seq)
+        self._seq, self._pos = [], []
 
 
 class LlamaCppBackend(HiddenStatesMixin, Backend):
@@ -117,11 +153,20 @@ class LlamaCppBackend(HiddenStatesMixin, Backend):
             prefill uses all cores unless this is given).
         n_gpu_layers: layers offloaded to the GPU (-1 = all); ignored for an existing ``Llama``.
         n_seq_max: most streams open at once (AdaCD uses 2 per request).
+        kv: ``"unified"`` (default): one KV cache of ``n_ctx`` cells that all streams share, so
+            one stream may use the whole context; streams decoded together then have their
+            cells interleaved, and attention sums over them in another order than alone, so a
+            batched answer can drift from the same request decoded alone (in about one answer
+            in eight at 48 tokens on the embedded model). ``"per_stream"``: every stream gets a
+            cache of its own of ``n_ctx`` cells (``n_ctx × n_seq_max`` in all, as llama-server's
+            slots), so a stream's cells never move and batched greedy answers equal those
+            decoded alone, token for token; :attr:`n_ctx` is then each stream's context.
         n_batch: most tokens per decode call (prefill is split into such chunks). Above 32
             tokens per call llama.cpp switches to matrix kernels whose sums depend on the batch's
             shape, so a stream's logits would change with the other streams decoded beside it
-            (by up to about one logit on a Q4 model). 32 keeps batched decoding equal to
-            decoding one request at a time; raise it for faster prefill of long prompts.
+            (by up to about one logit on a Q4 model). 32 keeps every row's sums independent of
+            the batch (with ``kv="per_stream"``, batched decoding then equals decoding one
+            request at a time); raise it for faster prefill of long prompts.
             llama.cpp caps a context's batch at the ``n_ctx`` asked for; every decode call is
             split to fit the batch the context really has (:attr:`n_batch` after loading).
         chat_template: a Jinja chat template to use instead of the GGUF's own.
@@ -139,6 +184,7 @@ class LlamaCppBackend(HiddenStatesMixin, Backend):
         n_seq_max: int = 16,
         n_batch: int = 32,
         chat_template: str | None = None,
+        kv: str = "unified",
         verbose: bool = False,
     ):
         lib = _import_llama_cpp()
@@ -152,6 +198,8 @@ class LlamaCppBackend(HiddenStatesMixin, Backend):
             raise ConfigError(f"n_threads must be >= 1, got {n_threads}")
         if n_batch < 1:
             raise ConfigError(f"n_batch must be >= 1, got {n_batch}")
+        if kv not in KV_LAYOUTS:
+            raise ConfigError(f"kv must be one of {', '.join(KV_LAYOUTS)}, got {kv!r}")
         # llama.cpp reserves one output per sequence in a batch capped at n_ctx: more sequences
         # than n_ctx is a GGML_ASSERT at context creation, more than 256 a refused context
         if not 1 <= n_seq_max <= min(n_ctx, 256):
@@ -181,20 +229,23 @@ class LlamaCppBackend(HiddenStatesMixin, Backend):
         self.n_threads_batch = n_threads or cores
         self.n_batch = max(n_batch, n_seq_max)
         cparams = lib.llama_context_default_params()
-        cparams.n_ctx = n_ctx
+        self.kv = kv
+        cparams.n_ctx = n_ctx if kv == "unified" else n_ctx * n_seq_max
         cparams.n_batch = self.n_batch
         cparams.n_ubatch = self.n_batch
         cparams.n_seq_max = n_seq_max
         cparams.n_threads = threads
         cparams.n_threads_batch = n_threads or cores
-        cparams.kv_unified = True
+        cparams.kv_unified = kv == "unified"
         cparams.no_perf = True
         self._cparams = cparams
         self._siblings: dict[tuple[str, float | None], LlamaCppBackend] = {}
+        self._free: list[int] = list(range(n_seq_max))  # sequence ids no stream holds
+        self._free_lock = threading.Lock()
         self._lora: LlamaLoraAdapter | None = None  # a sibling's adapter (with_lora)
         self._new_context()
         self.n_seq_max = n_seq_max
-        self._n_ctx = self.context.n_ctx()
+        self._n_ctx = self.context.n_ctx_seq()
         self._n_vocab = self._model.n_vocab()
         self._eot = frozenset(t for t in range(self._n_vocab) if self._model.is_eog(t))
         self._template = chat_template or self._model.metadata().get("tokenizer.chat_template")
@@ -234,6 +285,8 @@ class LlamaCppBackend(HiddenStatesMixin, Backend):
             raise BackendError(f"{e} for {self._name}") from e
         sibling = copy.copy(self)
         sibling._siblings = {}
+        sibling._free = list(range(self.n_seq_max))  # its own context, its own sequences
+        sibling._free_lock = threading.Lock()
         sibling._lora = adapter
         sibling._new_context()
         try:
@@ -274,7 +327,31 @@ class LlamaCppBackend(HiddenStatesMixin, Backend):
 
     @property
     def shared_context(self) -> bool:
-        return True
+        return self.kv == "unified"
+
+    @property
+    def free_streams(self) -> int:
+        """Sequence ids no open stream holds (streams that could be opened now)."""
+        return len(self._free)
+
+    def _take_sequences(self, n: int) -> list[int]:
+        with self._free_lock:
+            if n > len(self._free):
+                raise BackendError(
+                    f"{self._name}: {n} streams asked for, {len(self._free)} of "
+                    f"n_seq_max={self.n_seq_max} free (other streams are open on this context)"
+                )
+            seqs, self._free = self._free[:n], self._free[n:]
+        return seqs
+
+    def _free_sequences(self, seqs: Sequence[int]) -> None:
+        if not seqs:
+            return
+        for s in seqs:
+            if self.context.raw is not None:
+                self.context.remove_sequence(s)
+        with self._free_lock:
+            self._free = sorted({*self._free, *seqs})
 
     @property
     def end_of_turn_ids(self) -> frozenset[int]:
@@ -347,11 +424,10 @@ class LlamaCppBackend(HiddenStatesMixin, Backend):
             raise ConfigError(
                 f"open: {len(prompts)} streams exceed n_seq_max={self.n_seq_max} of this backend"
             )
-        total = sum(len(p) for p in prompts)
+        total = sum(len(p) for p in prompts) if self.shared_context else max(map(len, prompts))
         if total > self._n_ctx:
-            raise ConfigError(
-                f"open: {total} prompt tokens over all streams exceed n_ctx={self._n_ctx}"
-            )
+            what = "over all streams" if self.shared_context else "in one stream"
+            raise ConfigError(f"open: {total} prompt tokens {what} exceed n_ctx={self._n_ctx}")
         return LlamaCppStreams(self, prompts)
 
     def close(self) -> None:

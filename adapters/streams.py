@@ -7,7 +7,7 @@ backends implement, with the closed/live-count/append/keep checks done once here
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,19 @@ class Streams(ABC):
     @abstractmethod
     def close(self) -> None:
         """Free every stream; further calls are errors. Idempotent."""
+
+    @property
+    def can_add(self) -> bool:
+        """Whether :meth:`add` can join new streams to these while they run (continuous
+        batching); backends that cannot are batched a whole batch at a time."""
+        return False
+
+    def add(self, prompts: Sequence[Sequence[int]]) -> Iterator[int]:
+        """Prefill new streams beside the live ones, one chunk per ``next()`` (each yields the
+        chunk's token count), so the live streams can be advanced between chunks. When the
+        iterator is exhausted the new streams are live, after the others, with their
+        next-token logits ready; closing it early frees what it had prefilled."""
+        raise NotImplementedError(f"{type(self).__name__} cannot add streams while running")
 
     def __enter__(self) -> Streams:
         return self
@@ -120,6 +133,21 @@ class GuardedStreams(Streams):
 
     def lengths(self) -> list[int]:
         return self._lengths()
+
+    def add(self, prompts: Sequence[Sequence[int]]) -> Iterator[int]:
+        self._check_open("add")
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ConfigError("add: every new stream needs a prompt of at least one token")
+        return self._added(prompts)
+
+    def _added(self, prompts: Sequence[Sequence[int]]) -> Iterator[int]:
+        yield from self._add(prompts)
+        self._n_live += len(prompts)
+
+    def _add(self, prompts: Sequence[Sequence[int]]) -> Iterator[int]:
+        """:meth:`add` of open streams: prefill in chunks (yield each chunk's size), then make
+        the new streams live after the others (the caller counts them)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot add streams while running")
 
     def close(self) -> None:
         if not self._closed:

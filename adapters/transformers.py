@@ -7,7 +7,7 @@ the last position's logits are computed, and they are copied to float32 numpy on
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,7 @@ class TransformersStreams(GuardedStreams):
 
         super().__init__(len(prompts))
         self._torch = torch
+        self._backend = backend
         self._model = backend.model
         dev = backend.device
         width = max(len(p) for p in prompts)
@@ -112,6 +113,38 @@ class TransformersStreams(GuardedStreams):
 
     def _lengths(self) -> list[int]:
         return list(self._held)
+
+    @property
+    def can_add(self) -> bool:
+        return True
+
+    def _add(self, prompts: Sequence[Sequence[int]]) -> Iterator[int]:
+        """Prefill ``prompts`` as a batch of their own (one forward), then merge it into this
+        one: the shorter side's cache and mask are left-padded with masked columns, so every
+        stream keeps its own positions."""
+        torch = self._torch
+        new = TransformersStreams(self._backend, prompts)
+        yield sum(len(p) for p in prompts)
+        width, extra = self._mask.shape[1], new._mask.shape[1]
+        target = max(width, extra)
+
+        def pad(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+            if n == 0:
+                return t
+            shape = list(t.shape)
+            shape[dim] = n
+            return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+        self._mask = torch.cat([pad(self._mask, target - width, 1),
+                                pad(new._mask, target - extra, 1)], dim=0)
+        for mine, theirs in zip(self._cache.layers, new._cache.layers):
+            mine.keys = torch.cat([pad(mine.keys, target - width, 2),
+                                   pad(theirs.keys, target - extra, 2)], dim=0)
+            mine.values = torch.cat([pad(mine.values, target - width, 2),
+                                     pad(theirs.values, target - extra, 2)], dim=0)
+        self._last = torch.cat([self._last, new._last], dim=0)
+        self._held += new._held
+        new.close()
 
     def _close(self) -> None:
         self._cache = None  # type: ignore[assignment]

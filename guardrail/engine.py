@@ -1,17 +1,22 @@
-"""The engine: one loaded backend, its lock, its per-model caches, and requests from policies.
+"""The engine: one loaded backend, its lock, its scheduler, its per-model caches, and requests
+from policies.
 
 A request is planned by its policy's strategy (found in :mod:`guardrail.strategies` by kind),
-then decoded by the one loop. A backend is not re-entrant, so generations on one engine are
-serialised by its lock (llama.cpp contexts and KV caches cannot be shared mid-decode). Whatever
-is worth computing once per model (the template's default system prompt, tool support, token
-texts, expert mixes, ...) lives in :meth:`Engine.cached`, so it dies with the engine.
+then decoded by the one loop. A backend is not re-entrant, so every call on it holds the
+engine's lock (:class:`~guardrail.locks.EngineLock`). Requests from every caller go to the
+engine's :class:`~guardrail.scheduler.Scheduler`, which decodes them together (continuous
+batching) and takes the lock for one step at a time; a request that must run alone (its rule
+changes the model while it runs, or it runs on other models too) waits until the running ones
+are done and is decoded holding the lock throughout. Whatever is worth computing once per model
+(the template's default system prompt, tool support, token texts, expert mixes, ...) lives in
+:meth:`Engine.cached`, so it dies with the engine.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack, closing, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, overload
 
@@ -27,8 +32,10 @@ from guardrail.decoding.loop import (
 from guardrail.decoding.rules import AttachedRule, StepInfo
 from guardrail.decoding.sampling import SamplingParams
 from guardrail.errors import ConfigError, ContextOverflowError
+from guardrail.locks import EngineLock
 from guardrail.policy.model import ModelConfig
 from guardrail.policy.schema import Policy
+from guardrail.scheduler import Scheduler
 from guardrail.strategies import Plan, plan
 from guardrail.strategies.prompts import default_system_prompt, with_system_prompt
 
@@ -59,10 +66,11 @@ class Engine:
 
     def __init__(
         self, backend: Backend, *, load: Callable[[ModelConfig], Engine] | None = None,
-        lock: threading.RLock | None = None,
+        lock: EngineLock | None = None,
     ) -> None:
         self.backend = backend
-        self.lock = lock or threading.RLock()
+        self.lock = lock or EngineLock()
+        self._scheduler: Scheduler | None = None
         self._load = load
         self._cache: dict[Hashable, Any] = {}
         self._cache_lock = threading.Lock()
@@ -77,6 +85,14 @@ class Engine:
         value = make()
         with self._cache_lock:
             return self._cache.setdefault(key, value)  # type: ignore[no-any-return]
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The scheduler that decodes this engine's requests together (made on first use)."""
+        with self._cache_lock:
+            if self._scheduler is None:
+                self._scheduler = Scheduler(self.backend, self.lock)
+            return self._scheduler
 
     def load(self, cfg: ModelConfig) -> Engine:
         """The engine of another model (an expert on another model), loaded once."""
@@ -149,30 +165,56 @@ class Engine:
     def stream(
         self, requests: Sequence[GenerationRequest], *, errors: OnError = "raise"
     ) -> Iterator[TokenEvent | FinishEvent | ErrorEvent]:
-        """Decode ``requests`` together, holding the backend for the whole run. A request whose
-        rule changes the model while it runs (:class:`AttachedRule`) is decoded alone inside
-        that context, after the others; a request on its own backend (experts on other models)
-        is decoded alone too, holding those models' locks as well.
+        """Decode ``requests``, together with whatever other callers are decoding on this
+        engine (the :attr:`scheduler`); yield their events (``request`` = index in
+        ``requests``). Closing the iterator early cancels what is left of them.
+
+        A request whose rule changes the model while it runs (:class:`AttachedRule`) or that
+        runs on its own backend (experts on other models) is decoded alone: after the running
+        requests are done, holding the lock (and those models' locks) throughout. So is every
+        request of a thread that already holds the engine's lock (it would wait for itself).
 
         A request that cannot run (it does not fit the context) raises before anything is
         decoded (``errors="raise"``, the default) or, with ``errors="event"``, gets one
         :class:`~guardrail.decoding.loop.ErrorEvent` and fails alone while the others are
         decoded (see :mod:`guardrail.decoding.loop`)."""
-        alone = [i for i, r in enumerate(requests) if isinstance(r.rule, AttachedRule)]
+        alone = [i for i, r in enumerate(requests)
+                 if isinstance(r.rule, AttachedRule) or r.backend is not None]
+        if self.lock.held_by_me():
+            yield from self._alone(requests, list(range(len(requests))), errors)
+            return
         together = [i for i in range(len(requests)) if i not in alone]
+        if together:
+            events = self.scheduler.submit([requests[i] for i in together], errors=errors)
+            with closing(events):
+                for ev in events:
+                    ev.request = together[ev.request]
+                    yield ev
+        if alone:
+            with self.scheduler.exclusive():
+                yield from self._alone(requests, alone, errors)
+
+    def _alone(
+        self, requests: Sequence[GenerationRequest], idx: list[int], errors: OnError
+    ) -> Iterator[TokenEvent | FinishEvent | ErrorEvent]:
+        """Decode ``requests[idx]`` holding every lock they need: those that change the model
+        one by one inside their rule's context, the others together."""
         locks = {id(self.lock): self.lock}
-        for r in requests:
-            if isinstance(r.backend, MultiModel):
-                locks.update((id(k), k) for k in r.backend.locks)
+        for i in idx:
+            b = requests[i].backend
+            if isinstance(b, MultiModel):
+                locks.update((id(k), k) for k in b.locks)
+        attached = [i for i in idx if isinstance(requests[i].rule, AttachedRule)]
+        rest = [i for i in idx if i not in attached]
         with ExitStack() as held:
             for _, lock in sorted(locks.items()):  # one global order: no lock-order deadlock
                 held.enter_context(lock)
-            groups: list[tuple[list[int], Any]] = [(together, nullcontext())] if together else []
-            groups += [([i], requests[i].rule.attached()) for i in alone]  # type: ignore[attr-defined]
-            for idx, ctx in groups:
+            groups: list[tuple[list[int], Any]] = [(rest, nullcontext())] if rest else []
+            groups += [([i], requests[i].rule.attached()) for i in attached]  # type: ignore[attr-defined]
+            for group, ctx in groups:
                 with ctx:
-                    for ev in decode(self.backend, [requests[i] for i in idx], errors=errors):
-                        ev.request = idx[ev.request]
+                    for ev in decode(self.backend, [requests[i] for i in group], errors=errors):
+                        ev.request = group[ev.request]
                         yield ev
 
     @overload

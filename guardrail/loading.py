@@ -42,7 +42,8 @@ load_count = 0  # models loaded in this process (tests count reloads with it)
 def _cache_key(cfg: ModelConfig) -> tuple[Any, ...]:
     path = str(resolve_model_path(cfg.path))
     if cfg.backend == "llamacpp":
-        return (cfg.backend, path, cfg.n_ctx, cfg.n_threads, cfg.n_gpu_layers)
+        return (cfg.backend, path, cfg.n_ctx, cfg.n_threads, cfg.n_gpu_layers, cfg.n_streams,
+                cfg.kv)
     return (cfg.backend, path, cfg.device, cfg.dtype, cfg.trust_remote_code)
 
 
@@ -88,7 +89,8 @@ def _load_backend(cfg: ModelConfig) -> Backend:
         from guardrail.adapters.llamacpp import LlamaCppBackend  # optional: llama-cpp-python
 
         backend: Backend = LlamaCppBackend(
-            path, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers
+            path, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers,
+            n_seq_max=cfg.n_streams, kv=cfg.kv,
         )
     elif cfg.backend == "transformers":
         from guardrail.adapters.transformers import TransformersBackend  # optional: torch

@@ -15,7 +15,8 @@ help with that." for a prompt with ``kill`` (plain), each ending in ``<|im_end|>
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jinja2.ext  # noqa: F401 - adapters/_template.py uses jinja2.ext without importing it
@@ -105,6 +106,8 @@ class FakeStreams(GuardedStreams):
         for s, t in zip(self._seqs, tokens):
             s.append(int(t))
         self._b.live_log.append(len(self._seqs))
+        if self._b.step_s:
+            time.sleep(self._b.step_s)  # a model that takes time per step
 
     def _keep(self, indices: list[int]) -> None:
         self._b.keeps.append(indices)
@@ -112,6 +115,19 @@ class FakeStreams(GuardedStreams):
 
     def _lengths(self) -> list[int]:
         return [len(s) for s in self._seqs]
+
+    @property
+    def can_add(self) -> bool:
+        return self._b.addable
+
+    def _add(self, prompts: Sequence[Sequence[int]]) -> Iterator[int]:
+        if not self._b.addable:
+            raise NotImplementedError("this fake backend was made without add")
+        total = sum(len(p) for p in prompts)
+        for start in range(0, total, self._b.chunk):  # "prefill" in chunks, like llama.cpp
+            yield min(self._b.chunk, total - start)
+        self._seqs += [list(p) for p in prompts]
+        self._b.live_log.append(len(self._seqs))
 
     def _close(self) -> None:
         self._seqs = []
@@ -126,8 +142,11 @@ class FakeBackend(Backend):
 
     name = "fake"
 
-    def __init__(self, *, n_ctx: int = 512, max_streams: int = 64):
+    def __init__(self, *, n_ctx: int = 512, max_streams: int = 64, addable: bool = True,
+                 chunk: int = 8, step_s: float = 0.0):
         self._n_ctx, self._max_streams = n_ctx, max_streams
+        self.addable, self.chunk = addable, chunk  # streams can join a running batch
+        self.step_s = step_s
         self.opens = 0
         self.live_log: list[int] = []
         self.keeps: list[list[int]] = []

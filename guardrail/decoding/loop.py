@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from guardrail.adapters.base import Backend
+from guardrail.adapters.base import Backend, Streams
 from guardrail.decoding.processors import LogitsProcessor, MinNewTokens
 from guardrail.decoding.rules import Rule, StepInfo
 from guardrail.decoding.sampling import SamplingParams, sample
@@ -118,6 +118,7 @@ class _Live:
     text: TextAssembler
     n_streams: int
     processors: list[LogitsProcessor]
+    cap: int  # usable max_new_tokens (the context may allow fewer than asked)
     steps: list[StepInfo] = field(default_factory=list)
     generated: list[int] = field(default_factory=list)  # every sampled id, end-of-turn included
     done: FinishReason | None = None
@@ -132,7 +133,7 @@ def _kv_widths(req: GenerationRequest, cap: int) -> list[int]:
     return widths
 
 
-def _check_context(backend: Backend, req: GenerationRequest, index: int) -> tuple[int, int]:
+def fit_context(backend: Backend, req: GenerationRequest, index: int) -> tuple[int, int]:
     """``(usable max_new_tokens, context tokens the request may use)``; raise if its prompts
     alone do not fit. In a shared context (llama.cpp) all of a request's streams count."""
     longest = max(len(p) for p in req.prompts)
@@ -199,7 +200,7 @@ def decode(
     failed: list[ErrorEvent] = []
     for i, r in enumerate(requests):
         try:
-            caps[i], tokens[i] = _check_context(r.backend or backend, r, i)
+            caps[i], tokens[i] = fit_context(r.backend or backend, r, i)
         except ContextOverflowError as e:
             if errors == "raise":
                 raise
@@ -225,65 +226,111 @@ def _processors(req: GenerationRequest, eot: Collection[int]) -> list[LogitsProc
     return out
 
 
+def start(backend: Backend, index: int, req: GenerationRequest, cap: int) -> _Live:
+    """The decoding state of request ``index`` (``cap``: its usable max_new_tokens)."""
+    return _Live(index, req, req.sampling.rng(), TextAssembler(backend.detokenize, req.stop),
+                 len(req.prompts), _processors(req, backend.end_of_turn_ids), cap=cap)
+
+
+class Batch:
+    """Requests whose streams are live on one open :class:`~guardrail.adapters.base.Streams`,
+    in order, advanced together one token per :meth:`step`.
+
+    :func:`decode` fills one at the start and runs it to the end; the scheduler
+    (:mod:`guardrail.scheduler`) joins requests whose streams it has just added and drops
+    cancelled ones between steps. Either way a step is the same: every live request's rule
+    combines its rows of one batched forward, its processors constrain the result, the sampler
+    picks the token, finished requests and streams the rules no longer need are freed.
+    """
+
+    def __init__(self, backend: Backend, streams: Streams) -> None:
+        self.backend = backend
+        self.streams = streams
+        self.live: list[_Live] = []
+        self.step_count = 0  # steps this batch has run
+
+    def join(self, lv: _Live) -> None:
+        """Count ``lv`` as the owner of the last ``lv.n_streams`` live streams."""
+        self.live.append(lv)
+
+    @property
+    def rows(self) -> int:
+        return sum(lv.n_streams for lv in self.live)
+
+    def drop(self, indices: Collection[int]) -> None:
+        """Stop the requests ``indices`` now and free their streams (no event for them)."""
+        keep, still, row = [], [], 0
+        for lv in self.live:
+            if lv.index not in indices:
+                keep.extend(range(row, row + lv.n_streams))
+                still.append(lv)
+            row += lv.n_streams
+        if len(still) < len(self.live):
+            self.live = still
+            self.streams.keep(keep)
+
+    def step(self) -> list[TokenEvent | FinishEvent]:
+        """One token for every live request, then free what is done; the events in order."""
+        eot = self.backend.end_of_turn_ids
+        events: list[TokenEvent | FinishEvent] = []
+        logits = self.streams.logits()
+        row = 0
+        tokens: list[int] = []
+        for lv in self.live:
+            step = len(lv.generated)
+            answer = logits[row]
+            z, info = lv.req.rule.combine(logits[row : row + lv.n_streams], step)
+            row += lv.n_streams
+            for proc in lv.processors:
+                z = proc(z, lv.generated, step, answer)
+            tok = sample(z, lv.req.sampling, lv.rng)
+            if info is not None:
+                lv.steps.append({"step": step, **info})
+            tokens.append(tok)
+            lv.generated.append(tok)
+            if tok in eot:
+                lv.done = "stop"
+                events.append(TokenEvent(lv.index, step, tok, "", info))
+                continue
+            delta = lv.text.push(tok)
+            events.append(TokenEvent(lv.index, step, tok, delta, info))
+            if lv.text.stopped_by is not None:
+                lv.done = "stop_string"
+            elif len(lv.generated) >= lv.cap:
+                lv.done = "length"
+        # Free finished requests and streams their rules no longer need.
+        keep: list[int] = []
+        next_tokens: list[int] = []
+        still: list[_Live] = []
+        row = 0
+        for lv, tok in zip(self.live, tokens):
+            width = lv.n_streams
+            if lv.done is not None:
+                events.append(_finish(lv, len(lv.req.prompts[0])))
+            else:
+                lv.n_streams = min(width, lv.req.rule.streams_needed(len(lv.generated) - 1))
+                keep.extend(range(row, row + lv.n_streams))
+                next_tokens.extend([tok] * lv.n_streams)
+                still.append(lv)
+            row += width
+        self.live = still
+        self.step_count += 1
+        if still and len(keep) < self.streams.n_live:  # (an emptied batch is the owner's)
+            self.streams.keep(keep)
+        if still:
+            self.streams.append(next_tokens)
+        return events
+
+
 def _decode_batch(
     backend: Backend, batch: Sequence[tuple[int, GenerationRequest, int]]
 ) -> Iterator[TokenEvent | FinishEvent]:
-    eot = backend.end_of_turn_ids
-    caps = {i: cap for i, _, cap in batch}
-    live = [
-        _Live(i, r, r.sampling.rng(), TextAssembler(backend.detokenize, r.stop), len(r.prompts),
-              _processors(r, eot))
-        for i, r, _ in batch
-    ]
     with backend.open([p for _, r, _ in batch for p in r.prompts]) as streams:
-        step = 0
-        while True:
-            logits = streams.logits()
-            row = 0
-            tokens: list[int] = []
-            for lv in live:
-                answer = logits[row]
-                z, info = lv.req.rule.combine(logits[row : row + lv.n_streams], step)
-                row += lv.n_streams
-                for proc in lv.processors:
-                    z = proc(z, lv.generated, step, answer)
-                tok = sample(z, lv.req.sampling, lv.rng)
-                if info is not None:
-                    lv.steps.append({"step": step, **info})
-                tokens.append(tok)
-                lv.generated.append(tok)
-                if tok in eot:
-                    lv.done = "stop"
-                    yield TokenEvent(lv.index, step, tok, "", info)
-                    continue
-                delta = lv.text.push(tok)
-                yield TokenEvent(lv.index, step, tok, delta, info)
-                if lv.text.stopped_by is not None:
-                    lv.done = "stop_string"
-                elif len(lv.generated) >= caps[lv.index]:
-                    lv.done = "length"
-            # Free finished requests and streams their rules no longer need.
-            keep: list[int] = []
-            next_tokens: list[int] = []
-            still: list[_Live] = []
-            row = 0
-            for lv, tok in zip(live, tokens):
-                width = lv.n_streams
-                if lv.done is not None:
-                    yield _finish(lv, len(lv.req.prompts[0]))
-                else:
-                    lv.n_streams = min(width, lv.req.rule.streams_needed(step))
-                    keep.extend(range(row, row + lv.n_streams))
-                    next_tokens.extend([tok] * lv.n_streams)
-                    still.append(lv)
-                row += width
-            live = still
-            if not live:
-                return
-            if len(keep) < streams.n_live:
-                streams.keep(keep)
-            streams.append(next_tokens)
-            step += 1
+        run = Batch(backend, streams)
+        for i, r, cap in batch:
+            run.join(start(backend, i, r, cap))
+        while run.live:
+            yield from run.step()
 
 
 def _finish(lv: _Live, prompt_tokens: int) -> FinishEvent:

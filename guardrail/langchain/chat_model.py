@@ -48,6 +48,7 @@ from guardrail.langchain.options import (
     stop_list,
     validation_summary,
 )
+from guardrail.engine import Engine
 from guardrail.errors import ConfigError
 from guardrail.models import EMBEDDED_FILE
 from guardrail.policy import Policy
@@ -91,6 +92,13 @@ class GuardedChatModel(BaseChatModel):
     n_ctx: int | None = Field(None, description="Context size in tokens (llama.cpp).")
     n_threads: int | None = Field(None, description="CPU threads (llama.cpp).")
     n_gpu_layers: int | None = Field(None, description="Layers on the GPU (llama.cpp).")
+    n_streams: int | None = Field(
+        None, description="Most token streams decoded at once (llama.cpp), all callers together."
+    )
+    kv: Literal["unified", "per_stream"] | None = Field(
+        None, description="llama.cpp KV cache: unified (shared; batched answers may drift) or "
+        "per_stream (n_ctx per stream; batched greedy answers equal those decoded alone).",
+    )
     device: str | None = Field(None, description="Device (transformers): cpu, cuda or auto.")
     dtype: str | None = Field(None, description="Weight dtype (transformers).")
     max_new_tokens: int | None = Field(
@@ -142,6 +150,13 @@ class GuardedChatModel(BaseChatModel):
         while unchanged), so an edited policy file or a changed field reaches the next call."""
         self._policy_obj = self._policy_for({})
         return self
+
+    def engine(self) -> Engine:
+        """The loaded model of this chat model's policy (loaded on first use, then shared):
+        its :attr:`~guardrail.engine.Engine.scheduler` says what is being decoded."""
+        from guardrail.langchain import calls  # (tests point calls.get_engine at a fake model)
+
+        return calls.get_engine(self._policy_for({}).model)
 
     def _instance_options(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in _INSTANCE_OPTIONS if getattr(self, k) is not None}

@@ -31,7 +31,7 @@ STRATEGY_OPTIONS = ("alpha", "lam", "beta", "steps", "safety_prompt")
 #: Every option a call may override, plus ``policy`` itself.
 CALL_OPTIONS = ("policy", "system_prompt", *SAMPLING_OPTIONS, *STRATEGY_OPTIONS)
 #: Model-loading options (instance fields only: changing them means another loaded model).
-LOAD_OPTIONS = ("n_ctx", "n_threads", "n_gpu_layers", "device", "dtype")
+LOAD_OPTIONS = ("n_ctx", "n_threads", "n_gpu_layers", "n_streams", "kv", "device", "dtype")
 #: Call keywords that are not policy options (handled by the chat model itself).
 CALL_ONLY = ("tools", "tool_choice", "stop", "ls_structured_output_format", "max_tokens")
 

@@ -23,7 +23,22 @@ class ModelConfig(_Strict):
         None,
         description="GGUF file or model directory; null means the embedded SmolLM2-135M-Instruct.",
     )
-    n_ctx: Int = Field(4096, ge=16, description="Context size in tokens (llama.cpp).")
+    n_ctx: Int = Field(
+        4096, ge=16,
+        description="Context size in tokens (llama.cpp): of all streams together with "
+        "kv: unified, of each stream with kv: per_stream.",
+    )
+    n_streams: Int = Field(
+        16, ge=1, le=256,
+        description="Most token streams decoded at once (llama.cpp's n_seq_max): a request "
+        "uses one per stream of its strategy (plain 1, adacd and balanced 2).",
+    )
+    kv: Literal["unified", "per_stream"] = Field(
+        "unified",
+        description="llama.cpp KV cache: unified (one cache all streams share; batched answers "
+        "may drift from the same request alone) or per_stream (a cache of n_ctx per stream, "
+        "n_ctx x n_streams in all; batched greedy answers equal those decoded alone).",
+    )
     n_threads: Int | None = Field(
         None, ge=1, description="CPU threads (llama.cpp; transformers uses torch's setting)."
     )

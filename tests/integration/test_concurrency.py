@@ -1,4 +1,5 @@
-"""One GuardedChatModel shared by many threads: answers equal the same requests run alone."""
+"""One GuardedChatModel shared by many threads: its requests are decoded together (continuous
+batching), and with a KV cache per stream the answers equal the same requests run alone."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ PROMPTS = [
 
 
 def test_eight_threads_five_requests_equal_sequential() -> None:
-    model = GuardedChatModel(policy="adacd", backend="llamacpp", n_threads=1, max_new_tokens=6)
+    model = GuardedChatModel(policy="adacd", backend="llamacpp", n_threads=1, max_new_tokens=6,
+                             kv="per_stream", n_ctx=512, n_streams=17)
     jobs = [(t, i, PROMPTS[(t + i) % len(PROMPTS)]) for t in range(8) for i in range(5)]
     expected = {p: model.invoke(p) for p in PROMPTS}  # one by one
+    steps = model.engine().scheduler.stats().steps
     got: dict[tuple[int, int], object] = {}
     errors: list[BaseException] = []
     start = threading.Barrier(8)
@@ -40,6 +43,10 @@ def test_eight_threads_five_requests_equal_sequential() -> None:
         th.join()
     assert not errors, errors
     assert len(got) == 40
+    tokens = sum(m.usage_metadata["output_tokens"] for m in got.values())  # type: ignore[attr-defined]
+    stats = model.engine().scheduler.stats()
+    assert stats.steps - steps < tokens  # decoded together: fewer steps than tokens
+    assert stats.live_streams == 0 and stats.running == 0
     for t, i, p in jobs:
         msg = got[(t, i)]
         want = expected[p]

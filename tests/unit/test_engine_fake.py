@@ -51,10 +51,11 @@ def test_adacd_policy_builds_two_streams_and_undoes_an_unsure_refusal(
     gen = fake_engine.generate(policy, KILL)
     assert gen.text == "Sure, here is a poem about process."
     assert gen.modes[0] == "comply" and len(gen.modes) == 10
-    assert b.keeps == [] and b.live_log == [2] * 10  # the answer ended at the K-th token
+    # no stream dropped mid-answer (the answer ended at the K-th token); then both are freed
+    assert b.keeps == [[]] and b.live_log == [2] * 10
     short = with_overrides(policy, {"strategy": {"steps": 3}})
     assert fake_engine.generate(short, KILL).text == gen.text
-    assert b.keeps == [[0]]  # the safety stream freed after K steps
+    assert b.keeps[1:] == [[0], []]  # the safety stream freed after K steps, then the answer
 
 
 def test_adacd_policy_keeps_a_plain_answer(fake_engine: Engine) -> None:

@@ -1,0 +1,400 @@
+"""Continuous batching: one thread per loaded model decodes every caller's requests together.
+
+Callers (threads, asyncio tasks through worker threads, server requests) :meth:`~Scheduler.submit`
+requests and read their events; the scheduler's thread owns the decoding. Between two steps it
+admits waiting requests and retires finished ones, so a request that arrives while others are
+being decoded joins them instead of waiting for the whole batch:
+
+* **admission** — a request is admitted when its streams fit beside the running ones (the
+  backend's stream slots, less :data:`RESERVED_STREAMS` kept for probes that read the model
+  between steps) and, for a shared KV cache, when its worst-case tokens fit the context beside
+  theirs; what does not fit waits, in arrival order;
+* **chunked prefill** — a new request's prompts are prefilled in chunks of the backend's batch,
+  at most ``prefill_tokens`` prompt tokens between two decode steps, so a long prompt does not
+  stall the answers being decoded (a backend whose streams cannot be joined mid-run, such as
+  transformers, starts a new batch once the running one is done);
+* **one step** — every live stream of every request advances in one batched forward
+  (:class:`~guardrail.decoding.loop.Batch`), exactly as in :func:`~guardrail.decoding.loop.decode`;
+* **cancellation** — closing the iterator :meth:`~Scheduler.submit` returned (a client that went
+  away, a cancelled task) frees the request's streams before the next step.
+
+The thread takes the engine's lock (:class:`~guardrail.locks.EngineLock`, fair) for each step
+only, so probes and tokenizer work of other callers run between steps. It stops after
+:data:`IDLE_EXIT_S` seconds without work and starts again on the next request, so an engine no
+caller holds can be freed.
+
+What is exact: on llama.cpp with ``kv: per_stream`` (each stream its own cache) a greedy answer
+equals the same request decoded alone, token for token, whatever was decoded beside it; with the
+default unified cache the streams' cells interleave and an answer may drift (see
+:class:`~guardrail.adapters.llamacpp.LlamaCppBackend`). docs/serve.md has the measurements.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from guardrail.decoding.loop import (
+    Batch,
+    ErrorEvent,
+    FinishEvent,
+    GenerationRequest,
+    OnError,
+    TokenEvent,
+    fit_context,
+    start,
+)
+from guardrail.errors import BackendError, ConfigError, ContextOverflowError
+
+if TYPE_CHECKING:
+    from guardrail.adapters.base import Backend, Streams
+    from guardrail.decoding.loop import _Live
+    from guardrail.locks import EngineLock
+
+Event = TokenEvent | FinishEvent | ErrorEvent
+
+RESERVED_STREAMS = 1
+"""Stream slots the scheduler leaves free for probes that read the model between steps."""
+IDLE_EXIT_S = 2.0
+"""Seconds without work after which the scheduler's thread exits (it restarts on demand)."""
+POLL_S = 0.5
+"""How often a waiting caller checks that the scheduler's thread is still alive."""
+
+
+@dataclass
+class _Ticket:
+    """One :meth:`Scheduler.submit` call: its requests and the queue its events go to."""
+
+    events: queue.Queue[tuple[str, Any]] = field(default_factory=queue.Queue)
+    open: int = 0  # its requests not finished yet
+    cancelled: bool = False
+
+
+@dataclass
+class _Entry:
+    """One request of a ticket, from arrival to finish."""
+
+    key: int  # the request's id inside the scheduler (the Batch's index)
+    ticket: _Ticket
+    local: int  # its index in the submit call
+    req: GenerationRequest
+    cap: int  # usable max_new_tokens
+    tokens: int  # worst-case context tokens (shared KV cache)
+    prefill: Iterator[int] | None = None  # chunks still to prefill (admitted, not yet live)
+
+
+@dataclass
+class SchedulerStats:
+    """A snapshot of the scheduler (what the server's metrics read)."""
+
+    waiting: int  # requests not admitted yet
+    prefilling: int  # admitted requests whose prompts are being prefilled
+    running: int  # requests being decoded
+    live_streams: int  # streams of running and prefilling requests
+    steps: int  # decode steps since the engine was loaded
+    admitted: int  # requests admitted since the engine was loaded
+
+
+class Scheduler:
+    """Continuous batching over one backend (see the module docstring).
+
+    Args:
+        backend: the engine's backend.
+        lock: the engine's lock (held for each step, never across steps).
+        prefill_tokens: most prompt tokens prefilled between two decode steps (default: the
+            backend's batch, 32 tokens for llama.cpp, or 256).
+    """
+
+    def __init__(
+        self, backend: Backend, lock: EngineLock, *, prefill_tokens: int | None = None
+    ) -> None:
+        if prefill_tokens is not None and prefill_tokens < 1:
+            raise ConfigError(f"prefill_tokens must be >= 1, got {prefill_tokens}")
+        self.backend = backend
+        self.lock = lock
+        self.prefill_tokens = prefill_tokens or int(getattr(backend, "n_batch", 256))
+        self.capacity = max(1, backend.max_streams - RESERVED_STREAMS)
+        self._cond = threading.Condition()
+        self._waiting: deque[_Entry] = deque()
+        self._prefilling: list[_Entry] = []
+        self._running: dict[int, _Entry] = {}
+        self._batch: Batch | None = None
+        self._thread: threading.Thread | None = None
+        self._keys = itertools.count()
+        self._steps = 0
+        self._admitted = 0
+        self._paused = 0  # callers waiting to decode alone (exclusive)
+
+    # ------------------------------------------------------------------ callers
+
+    def submit(
+        self, requests: Sequence[GenerationRequest], *, errors: OnError = "raise"
+    ) -> Iterator[Event]:
+        """Queue ``requests``; iterate their events (``request`` = index in ``requests``).
+
+        Context checks happen here, before anything is queued: a request that cannot run raises
+        its :class:`~guardrail.errors.ContextOverflowError` (``errors="raise"``) or gets one
+        :class:`~guardrail.decoding.loop.ErrorEvent`, yielded first (``errors="event"``).
+        Closing the iterator early cancels whatever is left of the requests.
+        """
+        if errors not in ("raise", "event"):
+            raise ConfigError(f"errors must be 'raise' or 'event', got {errors!r}")
+        if len(requests) == 0:
+            return iter(())
+        ticket = _Ticket()
+        entries: list[_Entry] = []
+        for i, r in enumerate(requests):
+            try:
+                cap, tokens = fit_context(self.backend, r, i)
+            except ContextOverflowError as e:
+                if errors == "raise":
+                    raise
+                ticket.events.put(("event", ErrorEvent(i, e)))
+                continue
+            if len(r.prompts) > self.capacity:
+                raise ConfigError(
+                    f"request {i}: {len(r.prompts)} streams exceed the {self.capacity} this "
+                    f"model decodes at once (raise the model's n_streams)"
+                )
+            entries.append(_Entry(next(self._keys), ticket, i, r, cap, tokens))
+        ticket.open = len(entries)
+        if not entries:
+            ticket.events.put(("done", None))
+        with self._cond:
+            self._waiting.extend(entries)
+            self._wake()
+        return self._consume(ticket)
+
+    def _consume(self, ticket: _Ticket) -> Iterator[Event]:
+        try:
+            while True:
+                try:
+                    kind, item = ticket.events.get(timeout=POLL_S)
+                except queue.Empty:
+                    with self._cond:
+                        alive = self._thread is not None and self._thread.is_alive()
+                        pending = ticket.open > 0 and not alive
+                    if pending:  # pragma: no cover - the loop catches everything it can
+                        raise BackendError("the scheduler's thread died") from None
+                    continue
+                if kind == "event":
+                    yield item
+                elif kind == "error":
+                    raise item
+                else:
+                    return
+        finally:
+            self.cancel(ticket)
+
+    def cancel(self, ticket: _Ticket) -> None:
+        """Drop what is left of ``ticket`` (its streams are freed before the next step)."""
+        with self._cond:
+            if ticket.open > 0 and not ticket.cancelled:
+                ticket.cancelled = True
+                self._cond.notify_all()
+
+    def stats(self) -> SchedulerStats:
+        with self._cond:
+            rows = sum(len(e.req.prompts) for e in self._prefilling)
+            rows += self._batch.rows if self._batch is not None else 0
+            return SchedulerStats(len(self._waiting), len(self._prefilling),
+                                  len(self._running), rows, self._steps, self._admitted)
+
+    def _wake(self) -> None:
+        """Start the thread if it is not running (holding ``_cond``) and notify it."""
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="guardrail-scheduler",
+                                            daemon=True)
+            self._thread.start()
+        self._cond.notify_all()
+
+    # ------------------------------------------------------------------ the thread
+
+    def _busy(self) -> bool:
+        return bool((self._waiting and not self._paused) or self._prefilling or self._running)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold admission and wait until nothing is being decoded, for a request that must run
+        alone (it changes the model while it runs, or runs on other models too). The caller
+        takes the engine's lock itself; it must not hold it while entering."""
+        with self._cond:
+            self._paused += 1
+            self._cond.wait_for(lambda: not self._running and not self._prefilling)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._paused -= 1
+                if self._waiting:
+                    self._wake()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._busy():
+                    self._cond.wait_for(self._busy, timeout=IDLE_EXIT_S)
+                    if not self._busy():
+                        self._close_streams()
+                        self._thread = None
+                        return
+            try:
+                with self.lock:
+                    self._drop_cancelled()
+                    self._admit()
+                    self._step()
+            except Exception as e:  # noqa: BLE001 - fails the running requests, not the thread
+                self._fail_all(e)
+
+    def _close_streams(self) -> None:
+        if self._batch is not None:
+            self._batch.streams.close()
+            self._batch = None
+
+    def _finish_entry(self, e: _Entry, kind: str, item: Any = None) -> None:
+        """Hand ``e``'s end to its ticket (holding ``_cond``)."""
+        t = e.ticket
+        if kind == "error":
+            if t.open > 0:
+                t.open = 0
+                t.cancelled = True  # the ticket's other requests stop too
+                t.events.put(("error", item))
+            return
+        t.open -= 1
+        if t.open == 0:
+            t.events.put(("done", None))
+
+    def _fail_all(self, error: BaseException) -> None:
+        """A step or prefill failed: every admitted request fails with ``error``; the streams
+        are closed and the next request starts afresh."""
+        with self._cond:
+            entries = [*self._prefilling, *self._running.values()]
+            self._prefilling, self._running = [], {}
+            for e in entries:
+                if e.prefill is not None:
+                    e.prefill.close()  # type: ignore[attr-defined]
+                self._finish_entry(e, "error", error)
+            self._cond.notify_all()
+        with self.lock:
+            try:
+                self._close_streams()
+            except Exception:  # noqa: BLE001 - nothing more can be done for them
+                self._batch = None
+
+    def _drop_cancelled(self) -> None:
+        with self._cond:
+            self._waiting = deque(e for e in self._waiting if not e.ticket.cancelled)
+            for e in [e for e in self._prefilling if e.ticket.cancelled]:
+                self._prefilling.remove(e)
+                if e.prefill is not None:
+                    e.prefill.close()  # type: ignore[attr-defined]  # frees its sequences
+            gone = {k for k, e in self._running.items() if e.ticket.cancelled}
+            for k in gone:
+                del self._running[k]
+            if gone or not self._prefilling:
+                self._cond.notify_all()
+        if gone and self._batch is not None:
+            self._batch.drop(gone)
+
+    def _used(self) -> tuple[int, int]:
+        """Stream slots and worst-case context tokens held by admitted requests."""
+        entries = [*self._prefilling, *self._running.values()]
+        return sum(len(e.req.prompts) for e in entries), sum(e.tokens for e in entries)
+
+    def _fits(self, e: _Entry, rows: int, tokens: int) -> bool:
+        b = self.backend
+        if rows + len(e.req.prompts) > self.capacity:
+            return False
+        free = getattr(b, "free_streams", None)  # llama.cpp: slots a probe may hold right now
+        if free is not None and len(e.req.prompts) > free:
+            return False
+        return not b.shared_context or tokens + e.tokens <= b.n_ctx
+
+    def _admit(self) -> None:
+        """Admit waiting requests that fit, prefill up to ``prefill_tokens``, start the ready."""
+        addable = self._batch is not None and self._batch.streams.can_add
+        if (self._batch is None or addable or not self._running) and not self._paused:
+            with self._cond:
+                rows, tokens = self._used()
+                while self._waiting and self._fits(self._waiting[0], rows, tokens):
+                    e = self._waiting.popleft()
+                    self._prefilling.append(e)
+                    rows, tokens = rows + len(e.req.prompts), tokens + e.tokens
+                    self._admitted += 1
+        if not self._prefilling:
+            return
+        if self._batch is None or not self._batch.streams.can_add:
+            self._start_batch()
+            return
+        budget = self.prefill_tokens if self._running else None  # idle: prefill to the end
+        for e in list(self._prefilling):
+            if e.prefill is None:
+                e.prefill = self._batch.streams.add(e.req.prompts)
+            while True:
+                try:
+                    n = next(e.prefill)
+                except StopIteration:
+                    self._go_live(e)
+                    break
+                if budget is not None:
+                    budget -= n
+                    if budget <= 0:
+                        return
+            if budget is None:
+                return  # one request live: decode it while the next ones prefill
+
+    def _start_batch(self) -> None:
+        """Open new streams for every admitted request (backends that cannot join streams to a
+        running batch; and the first batch)."""
+        if self._batch is not None and not self._running:
+            self._close_streams()
+        if self._batch is not None:
+            return  # a fixed batch is still running: the admitted wait for it
+        entries = list(self._prefilling)
+        streams: Streams = self.backend.open([p for e in entries for p in e.req.prompts])
+        self._batch = Batch(self.backend, streams)
+        for e in entries:
+            self._go_live(e)
+
+    def _go_live(self, e: _Entry) -> None:
+        assert self._batch is not None
+        lv: _Live = start(self.backend, e.key, e.req, e.cap)
+        self._batch.join(lv)
+        with self._cond:
+            self._prefilling.remove(e)
+            e.prefill = None
+            self._running[e.key] = e
+
+    def _step(self) -> None:
+        batch = self._batch
+        if batch is None or not batch.live:
+            return
+        events = batch.step()
+        with self._cond:
+            self._steps += 1
+            for ev in events:
+                e = self._running.get(ev.request)
+                if e is None:
+                    continue
+                if isinstance(ev, FinishEvent):
+                    del self._running[ev.request]
+                ev.request = e.local
+                e.ticket.events.put(("event", ev))
+                if isinstance(ev, FinishEvent):
+                    self._finish_entry(e, "done")
+            if not self._running:
+                self._cond.notify_all()  # an exclusive caller may be waiting for this
+        if not batch.live:
+            if batch.streams.can_add:
+                batch.streams.keep([])  # free the finished streams, keep the set for the next
+            else:
+                self._close_streams()
+
+
+__all__ = ["IDLE_EXIT_S", "RESERVED_STREAMS", "Scheduler", "SchedulerStats"]
