@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-
 from guardrail.adapters.base import Backend, Streams
+
 from guardrail.decoding.processors import LogitsProcessor, MinNewTokens
 from guardrail.decoding.rules import Rule, StepInfo
 from guardrail.decoding.sampling import SamplingParams, sample
