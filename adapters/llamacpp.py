@@ -38,6 +38,11 @@ def _import_llama_cpp() -> Any:
     return llama_cpp
 
 
+DECODE_ROWS = 32
+"""Most rows one decode step sends to llama.cpp in a call: up to 32 rows its CPU kernels compute
+each row alone (above, matrix kernels whose sums depend on the batch's shape), so a stream's
+logits do not depend on how many others are decoded beside it."""
+
 KV_LAYOUTS = ("unified", "per_stream")
 """How streams share the KV cache (see :class:`LlamaCppBackend`'s ``kv``)."""
 
@@ -79,27 +84,25 @@ class LlamaCppStreams(GuardedStreams):
         self._ctx.decode(self._batch)
 
     def _prefill(self, prompts: Sequence[Sequence[int]]) -> Iterator[int]:
-        """Prefill ``prompts`` on new sequence ids in chunks of the context's batch (yield each
-        chunk's size); then they are live, after the others."""
+        """Prefill ``prompts`` on new sequence ids (yield each chunk's size); then they are
+        live, after the others. Each prompt is cut into chunks of the context's batch on its
+        own, never sharing a chunk with another prompt, so its KV cells and logits are the
+        same whatever else is prefilled or decoded on the context."""
         seqs = self._backend._take_sequences(len(prompts))
         done = False
         try:
-            flat = [
-                (tok, pos, s, pos == len(p) - 1) for s, p in zip(seqs, prompts)
-                for pos, tok in enumerate(p)
-            ]
             last = np.empty((len(prompts), self._vocab), dtype=np.float32)
-            row = {s: i for i, s in enumerate(seqs)}
             cap = self._n_batch
-            for start in range(0, len(flat), cap):
-                chunk = flat[start : start + cap]
-                self._decode([(t, p, s, w or self._all_outputs) for t, p, s, w in chunk])
-                if self._on_chunk is not None:
-                    self._on_chunk(len(chunk))
-                for j, (_, _, s, want) in enumerate(chunk):
-                    if want:
-                        last[row[s]] = self._ctx.logits_ith(j, self._vocab)
-                yield len(chunk)
+            for row, (s, p) in enumerate(zip(seqs, prompts)):
+                for start in range(0, len(p), cap):
+                    chunk = range(start, min(start + cap, len(p)))
+                    self._decode([(p[i], i, s, self._all_outputs or i == len(p) - 1)
+                                  for i in chunk])
+                    if self._on_chunk is not None:
+                        self._on_chunk(len(chunk))
+                    if chunk[-1] == len(p) - 1:
+                        last[row] = self._ctx.logits_ith(len(chunk) - 1, self._vocab)
+                    yield len(chunk)
             self._seq += seqs
             self._pos += [len(p) for p in prompts]
             self._last = np.concatenate([self._last, last]) if len(self._last) else last
@@ -120,7 +123,7 @@ class LlamaCppStreams(GuardedStreams):
 
     def _append(self, tokens: Sequence[int]) -> None:
         entries = [(t, p, s, True) for t, p, s in zip(tokens, self._pos, self._seq)]
-        cap = self._n_batch  # more live streams than the context's batch: several calls
+        cap = min(self._n_batch, DECODE_ROWS)  # more rows: several calls, each row's sums fixed
         for start in range(0, len(entries), cap):
             self._decode(entries[start : start + cap])
             for j in range(min(cap, len(entries) - start)):
@@ -161,14 +164,15 @@ class LlamaCppBackend(HiddenStatesMixin, Backend):
             cache of its own of ``n_ctx`` cells (``n_ctx × n_seq_max`` in all, as llama-server's
             slots), so a stream's cells never move and batched greedy answers equal those
             decoded alone, token for token; :attr:`n_ctx` is then each stream's context.
-        n_batch: most tokens per decode call (prefill is split into such chunks). Above 32
-            tokens per call llama.cpp switches to matrix kernels whose sums depend on the batch's
-            shape, so a stream's logits would change with the other streams decoded beside it
-            (by up to about one logit on a Q4 model). 32 keeps every row's sums independent of
-            the batch (with ``kv="per_stream"``, batched decoding then equals decoding one
-            request at a time); raise it for faster prefill of long prompts.
-            llama.cpp caps a context's batch at the ``n_ctx`` asked for; every decode call is
-            split to fit the batch the context really has (:attr:`n_batch` after loading).
+        n_batch: most prompt tokens per prefill call. Each prompt is prefilled in chunks of
+            its own, so its cells and logits never depend on what else is prefilled; decode
+            steps send at most :data:`DECODE_ROWS` rows per call whatever ``n_batch`` is. So
+            with ``kv="per_stream"`` batched decoding equals decoding one request at a time for
+            any ``n_batch``; a larger one prefills long prompts faster (matrix kernels) but
+            gives a lone request other sums than 32 does (by up to about one logit on a Q4
+            model). llama.cpp caps a context's batch at the ``n_ctx`` asked for; every decode
+            call is split to fit the batch the context really has (:attr:`n_batch` after
+            loading).
         chat_template: a Jinja chat template to use instead of the GGUF's own.
     """
 

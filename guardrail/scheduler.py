@@ -34,6 +34,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -87,6 +88,7 @@ class _Entry:
     cap: int  # usable max_new_tokens
     tokens: int  # worst-case context tokens (shared KV cache)
     prefill: Iterator[int] | None = None  # chunks still to prefill (admitted, not yet live)
+    times: dict[str, float] = field(default_factory=dict)  # monotonic clock at each stage
 
 
 @dataclass
@@ -99,6 +101,14 @@ class SchedulerStats:
     live_streams: int  # streams of running and prefilling requests
     steps: int  # decode steps since the engine was loaded
     admitted: int  # requests admitted since the engine was loaded
+
+
+def _timings(t: dict[str, float], end: float) -> dict[str, float]:
+    """Seconds a request spent waiting, prefilling and decoding (what its trace reports)."""
+    first = t.get("first", end)
+    return {"queue_s": t["admit"] - t["submit"], "prefill_s": t["live"] - t["admit"],
+            "first_token_s": first - t["submit"], "decode_s": end - first,
+            "total_s": end - t["submit"]}
 
 
 class Scheduler:
@@ -162,7 +172,8 @@ class Scheduler:
                     f"request {i}: {len(r.prompts)} streams exceed the {self.capacity} this "
                     f"model decodes at once (raise the model's n_streams)"
                 )
-            entries.append(_Entry(next(self._keys), ticket, i, r, cap, tokens))
+            entries.append(_Entry(next(self._keys), ticket, i, r, cap, tokens,
+                                  times={"submit": time.monotonic()}))
         ticket.open = len(entries)
         if not entries:
             ticket.events.put(("done", None))
@@ -324,6 +335,7 @@ class Scheduler:
                 rows, tokens = self._used()
                 while self._waiting and self._fits(self._waiting[0], rows, tokens):
                     e = self._waiting.popleft()
+                    e.times["admit"] = time.monotonic()
                     self._prefilling.append(e)
                     rows, tokens = rows + len(e.req.prompts), tokens + e.tokens
                     self._admitted += 1
@@ -369,6 +381,7 @@ class Scheduler:
         with self._cond:
             self._prefilling.remove(e)
             e.prefill = None
+            e.times["live"] = time.monotonic()
             self._running[e.key] = e
 
     def _step(self) -> None:
@@ -382,8 +395,11 @@ class Scheduler:
                 e = self._running.get(ev.request)
                 if e is None:
                     continue
+                if isinstance(ev, TokenEvent) and "first" not in e.times:
+                    e.times["first"] = time.monotonic()
                 if isinstance(ev, FinishEvent):
                     del self._running[ev.request]
+                    ev.timings = _timings(e.times, time.monotonic())
                 ev.request = e.local
                 e.ticket.events.put(("event", ev))
                 if isinstance(ev, FinishEvent):

@@ -98,6 +98,7 @@ class FinishEvent:
     prompt_tokens: int
     steps: list[StepInfo] = field(default_factory=list)
     tail: str = ""  # text released at the end (held back until then)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds, set by the scheduler
 
 
 @dataclass

@@ -203,6 +203,8 @@ def final_chunk(c: Call) -> ChatGenerationChunk:
         "refusal_detector": verdict.detector,
         "finish_reason": reason,
     }
+    if fin is not None and fin.timings:
+        meta["timings"] = {k: round(v, 4) for k, v in fin.timings.items()}
     if c.matched_rule is not None:
         meta["matched_rule"] = c.matched_rule
     if replaced:

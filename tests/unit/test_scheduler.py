@@ -83,6 +83,11 @@ def test_a_request_joins_a_running_batch() -> None:
     rest = list(long)
     fin = rest[-1]
     assert isinstance(fin, FinishEvent) and len(fin.token_ids) == 40
+    t = fin.timings  # the trace's timings: stages add up to the whole
+    assert set(t) == {"queue_s", "prefill_s", "first_token_s", "decode_s", "total_s"}
+    assert t["decode_s"] > 0.3  # 40 steps of 10 ms
+    assert abs(t["first_token_s"] + t["decode_s"] - t["total_s"]) < 1e-6
+    assert t["queue_s"] + t["prefill_s"] <= t["first_token_s"]
     assert short.token_ids == _alone(backend, _request(engine, PROMPTS[1], n=5, run_on=5))
     assert fin.token_ids == _alone(backend, _request(engine, PROMPTS[0], n=40, run_on=40))
 
