@@ -22,6 +22,7 @@ from guardrail.serve import protocol as p
 from guardrail.serve.completions import ServerState, chat_completions
 from guardrail.serve.config import ServeConfig
 from guardrail.serve.limits import Queue, check_key
+from guardrail.scheduler import SchedulerStats
 from guardrail.serve.metrics import ServeMetrics
 from guardrail.serve.served import build_served, pick, warm_up
 
@@ -35,6 +36,14 @@ def create_app(config: ServeConfig) -> FastAPI:
     state = ServerState(config, served, Queue(config.max_queue), metrics)
     metrics.in_flight.set_function(lambda: state.queue.depth)
     metrics.queue_limit.set(config.max_queue)
+
+    def stats() -> list[SchedulerStats]:  # the loaded models' schedulers (each engine once)
+        engines = {id(e): e for e in (s.model.engine() for s in served.values() if s.loaded)}
+        return [e.scheduler.stats() for e in engines.values()]
+
+    metrics.decoding.set_function(lambda: sum(x.running + x.prefilling for x in stats()))
+    metrics.waiting.set_function(lambda: sum(x.waiting for x in stats()))
+    metrics.streams.set_function(lambda: sum(x.live_streams for x in stats()))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

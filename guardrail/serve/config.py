@@ -51,14 +51,20 @@ class ServeConfig(BaseModel):
     backend: Literal["llamacpp", "transformers"] | None = Field(
         None, description="Backend for every served policy (None: each policy's own)."
     )
-    n_ctx: int | None = Field(None, ge=1, description="Context size in tokens (llama.cpp).")
+    n_ctx: int | None = Field(2048, ge=16, description="Context size in tokens (llama.cpp): of "
+                              "each stream with kv per_stream (the server's default), of all "
+                              "together with unified; None: each policy's own.")
     n_threads: int | None = Field(None, ge=1, description="CPU threads (llama.cpp).")
     n_gpu_layers: int | None = Field(None, description="Layers on the GPU (llama.cpp; -1: all).")
-    n_streams: int | None = Field(None, ge=1, description="Most token streams decoded at once "
-                                  "(llama.cpp), all requests together.")
+    n_streams: int | None = Field(17, ge=1, le=256, description="Most token streams decoded at "
+                                  "once (llama.cpp), all requests together: 17 decodes 8 "
+                                  "two-stream requests (adacd, balanced) and keeps one for "
+                                  "probes; None: each policy's own.")
     kv: Literal["unified", "per_stream"] | None = Field(
-        None, description="llama.cpp KV cache: unified, or per_stream (batched greedy answers "
-        "equal those decoded alone).")
+        "per_stream", description="llama.cpp KV cache: per_stream (the server's default: a "
+        "cache of n_ctx per stream, so an answer never depends on the other requests decoded "
+        "beside it) or unified (n_ctx in all, shared; less memory, answers may drift); None: "
+        "each policy's own.")
     api_keys: list[str] = Field(
         default_factory=list, description="Bearer keys accepted on /v1 and /metrics (empty: no "
         f"auth). ${API_KEYS_ENV} (comma-separated) adds more.",

@@ -48,6 +48,15 @@ class ServeMetrics:
             "model (the queue the max_queue bound applies to).", registry=r)
         self.queue_limit = Gauge(
             "guardrail_queue_limit", "The max_queue bound.", registry=r)
+        self.decoding = Gauge(
+            "guardrail_scheduler_requests_decoding", "Requests the loaded models' schedulers "
+            "are decoding or prefilling now.", registry=r)
+        self.waiting = Gauge(
+            "guardrail_scheduler_requests_waiting", "Requests waiting for room in a loaded "
+            "model's running batch (stream slots or context).", registry=r)
+        self.streams = Gauge(
+            "guardrail_scheduler_live_streams", "Token streams live in the loaded models' "
+            "running batches.", registry=r)
         self.ttft = Histogram(
             "guardrail_time_to_first_token_seconds", "From the request's arrival to its first "
             "generated text.", ["policy"], buckets=_TTFT_BUCKETS, registry=r)
