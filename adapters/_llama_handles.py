@@ -282,11 +282,38 @@ class LlamaContext(_Handle):
             raise BackendError("llama.cpp returned no embedding for the prompt")
         return np.ctypeslib.as_array(ptr, shape=(width,))
 
-    def set_embeddings(self, on: bool) -> None:
-        self.lib.llama_set_embeddings(self._require(), on)
-
     def remove_sequence(self, seq: int) -> None:
         self.lib.llama_memory_seq_rm(self.memory, seq, -1, -1)
+
+    def seq_state(self, seq: int) -> bytes:
+        """The KV cells of sequence ``seq`` as llama.cpp serialises them."""
+        lib, raw = self.lib, self._require()
+        n = int(lib.llama_state_seq_get_size(raw, seq))
+        buf = (ctypes.c_uint8 * n)()
+        if int(lib.llama_state_seq_get_data(raw, buf, n, seq)) != n:
+            raise BackendError(f"llama.cpp could not save the state of sequence {seq}")
+        return bytes(buf)
+
+    def load_seq_state(self, seq: int, state: bytes, n_stream: int) -> bool:
+        """Load ``state`` (from :meth:`seq_state` of a one-stream context) into sequence
+        ``seq`` of this context, which has ``n_stream`` KV streams; ``False`` when llama.cpp
+        refuses it (nothing is loaded then: the caller prefills instead).
+
+        The state starts with a magic (u32) and the source sequence (i32), then the cache's
+        stream count (u32) and each stream's cells; llama.cpp loads the one non-empty stream
+        into ``seq``'s own stream but wants the stream counts to agree, so the count is
+        rewritten and the empty streams are appended."""
+        if n_stream > 1:
+            if len(state) < 12 or int.from_bytes(state[8:12], "little") != 1:
+                return False
+            state = state[:8] + n_stream.to_bytes(4, "little") + state[12:] + bytes(
+                4 * (n_stream - 1))
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        ok = int(self.lib.llama_state_seq_set_data(self._require(), buf, len(state), seq))
+        if ok != len(state):
+            self.remove_sequence(seq)
+            return False
+        return True
 
     def set_lora(self, adapter: LlamaLoraAdapter, scale: float) -> None:
         """Apply ``adapter`` at ``scale`` to everything this context decodes."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,55 @@ logits do not depend on how many others are decoded beside it."""
 KV_LAYOUTS = ("unified", "per_stream")
 """How streams share the KV cache (see :class:`LlamaCppBackend`'s ``kv``)."""
 
+PREFILL_CACHE_BYTES = 64 << 20
+"""Most bytes of KV state :class:`PrefillCache` keeps."""
+
+
+class PrefillCache:
+    """What hidden-state reads prefilled, for the stream that decodes the same prompt next.
+
+    A prompt probe reads the hidden states of exactly the prompt the answer stream then
+    decodes (``balanced``). Its prefill on the embeddings context leaves that prompt's KV cells
+    and last logits; a stream opened on the same token ids loads them instead of computing
+    them again (the same chunks of the same prompt at the same positions: equal cells, equal
+    logits). Entries are taken once, the oldest dropped beyond :data:`PREFILL_CACHE_BYTES`;
+    a prompt too large to keep is not saved at all. Used on the model's thread only.
+    """
+
+    def __init__(self, budget: int = PREFILL_CACHE_BYTES) -> None:
+        self.budget = budget
+        self.bytes_per_token = 0  # learnt from the first state saved
+        self._entries: OrderedDict[tuple[int, ...], tuple[NDArray[np.float32], bytes]] = (
+            OrderedDict())
+        self._bytes = 0
+        self.hits = 0
+
+    def put(self, ids: Sequence[int],
+            make: Callable[[], tuple[NDArray[np.float32], bytes]]) -> None:
+        """Save ``make()`` (last logits, sequence state) for ``ids`` if it fits the budget."""
+        if self.bytes_per_token and len(ids) * self.bytes_per_token > self.budget:
+            return
+        logits, state = make()
+        self.bytes_per_token = self.bytes_per_token or max(1, len(state) // max(1, len(ids)))
+        if len(state) > self.budget:
+            return
+        key = tuple(ids)
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old[1])
+        self._entries[key] = (logits, state)
+        self._bytes += len(state)
+        while self._bytes > self.budget:
+            self._bytes -= len(self._entries.popitem(last=False)[1][1])
+
+    def take(self, ids: Sequence[int]) -> tuple[NDArray[np.float32], bytes] | None:
+        """The saved prefill of ``ids`` (removed), or ``None``."""
+        hit = self._entries.pop(tuple(ids), None)
+        if hit is not None:
+            self._bytes -= len(hit[1])
+            self.hits += 1
+        return hit
+
 
 class LlamaCppStreams(GuardedStreams):
     """Sequences of the backend's context, one sequence id each, taken from the backend's pool.
@@ -56,18 +106,13 @@ class LlamaCppStreams(GuardedStreams):
     lock).
     """
 
-    def __init__(
-        self, backend: LlamaCppBackend, prompts: Sequence[Sequence[int]], *,
-        all_outputs: bool = False, on_chunk: Callable[[int], None] | None = None,
-    ):
+    def __init__(self, backend: LlamaCppBackend, prompts: Sequence[Sequence[int]]):
         super().__init__(len(prompts))
         self._backend = backend
         self._ctx = backend.context
         self._batch = backend.batch
         self._n_batch = backend.n_batch
         self._vocab = backend.vocab_size
-        self._all_outputs = all_outputs  # embeddings on: llama.cpp wants every token as output
-        self._on_chunk = on_chunk  # called with each prefill chunk's size after its decode
         self._seq: list[int] = []
         self._pos: list[int] = []
         self._last = np.empty((0, self._vocab), dtype=np.float32)
@@ -93,13 +138,16 @@ class LlamaCppStreams(GuardedStreams):
         try:
             last = np.empty((len(prompts), self._vocab), dtype=np.float32)
             cap = self._n_batch
+            n_stream = 1 if self._backend.shared_context else self._backend.n_seq_max
             for row, (s, p) in enumerate(zip(seqs, prompts)):
+                saved = self._backend._prefills.take(p)
+                if saved is not None and self._ctx.load_seq_state(s, saved[1], n_stream):
+                    last[row] = saved[0]  # a hidden-state read prefilled it already
+                    yield 0
+                    continue
                 for start in range(0, len(p), cap):
                     chunk = range(start, min(start + cap, len(p)))
-                    self._decode([(p[i], i, s, self._all_outputs or i == len(p) - 1)
-                                  for i in chunk])
-                    if self._on_chunk is not None:
-                        self._on_chunk(len(chunk))
+                    self._decode([(p[i], i, s, i == len(p) - 1) for i in chunk])
                     if chunk[-1] == len(p) - 1:
                         last[row] = self._ctx.logits_ith(len(chunk) - 1, self._vocab)
                     yield len(chunk)
@@ -247,6 +295,9 @@ class LlamaCppBackend(HiddenStatesMixin, Backend):
         self._free: list[int] = list(range(n_seq_max))  # sequence ids no stream holds
         self._free_lock = threading.Lock()
         self._lora: LlamaLoraAdapter | None = None  # a sibling's adapter (with_lora)
+        self._lora_scale = 1.0
+        self._embed: tuple[LlamaContext, LlamaBatch] | None = None  # hidden-state reads
+        self._prefills = PrefillCache()
         self._new_context()
         self.n_seq_max = n_seq_max
         self._n_ctx = self.context.n_ctx_seq()
@@ -292,6 +343,9 @@ class LlamaCppBackend(HiddenStatesMixin, Backend):
         sibling._free = list(range(self.n_seq_max))  # its own context, its own sequences
         sibling._free_lock = threading.Lock()
         sibling._lora = adapter
+        sibling._lora_scale = user_scale
+        sibling._embed = None
+        sibling._prefills = PrefillCache()
         sibling._new_context()
         try:
             sibling.context.set_lora(adapter, user_scale)
@@ -404,22 +458,51 @@ class LlamaCppBackend(HiddenStatesMixin, Backend):
     def detokenize(self, ids: Sequence[int]) -> str:
         return b"".join(self._bytes(int(t)) for t in ids).decode("utf-8", errors="replace")
 
+    def _embedding_context(self) -> tuple[LlamaContext, LlamaBatch]:
+        """A context of its own for reading hidden states (made on first use, one sequence of
+        :attr:`n_ctx` cells, embeddings on), over the same weights. Switching embeddings on and
+        off on the streams' context instead leaves llama.cpp decoding it about 30% slower
+        afterwards, and would take a sequence from the running batch's pool."""
+        if self._embed is None:
+            lib = self.lib
+            cp = lib.llama_context_default_params()
+            cp.n_ctx = self._n_ctx
+            cp.n_batch = cp.n_ubatch = self.n_batch
+            cp.n_seq_max = 1
+            cp.n_threads = self._cparams.n_threads
+            cp.n_threads_batch = self._cparams.n_threads_batch
+            cp.kv_unified = True
+            cp.embeddings = True
+            cp.no_perf = True
+            ctx = LlamaContext(self._model, cp)
+            if self._lora is not None:
+                ctx.set_lora(self._lora, self._lora_scale)
+            self._embed = (ctx, LlamaBatch(lib, self.n_batch))
+        return self._embed
+
     def prompt_hidden_states(self, ids: Sequence[int]) -> NDArray[np.float32]:
-        """llama.cpp's output embedding (``result_norm``) of every prompt token, read from the
-        streams' own context with embeddings switched on for this one prefill."""
+        """llama.cpp's output embedding (``result_norm``) of every prompt token, from a
+        prefill on the backend's embeddings context (the streams' cache is not touched), in
+        chunks of :attr:`n_batch` as a stream's prefill."""
+        ids = [int(t) for t in ids]
+        if not ids or len(ids) > self._n_ctx:
+            raise ConfigError(f"prompt_hidden_states: {len(ids)} tokens; between 1 and "
+                              f"n_ctx={self._n_ctx} can be read")
+        ctx, batch = self._embedding_context()
         n_embd = self._model.n_embd()
         rows: list[NDArray[np.float32]] = []
-
-        def read(n: int) -> None:  # after each prefill chunk: its n tokens' embeddings
-            rows.extend(self.context.embeddings_ith(j, n_embd).astype(np.float32)
-                        for j in range(n))
-
-        self.context.set_embeddings(True)
         try:
-            with LlamaCppStreams(self, [list(ids)], all_outputs=True, on_chunk=read):
-                return np.stack(rows)
+            for start in range(0, len(ids), self.n_batch):
+                chunk = range(start, min(start + self.n_batch, len(ids)))
+                batch.fill([(ids[i], i, 0, True) for i in chunk])
+                ctx.decode(batch)
+                rows.extend(ctx.embeddings_ith(j, n_embd).astype(np.float32)
+                            for j in range(len(chunk)))
+            self._prefills.put(ids, lambda: (ctx.logits_ith(len(chunk) - 1, self._n_vocab)
+                                             .copy(), ctx.seq_state(0)))
         finally:
-            self.context.set_embeddings(False)
+            ctx.remove_sequence(0)
+        return np.stack(rows)
 
     def open(self, prompts: Sequence[Sequence[int]]) -> LlamaCppStreams:
         if not prompts:
@@ -442,5 +525,9 @@ class LlamaCppBackend(HiddenStatesMixin, Backend):
         self._siblings = {}
         self.context.close()
         self.batch.close()
+        if self._embed is not None:
+            for handle in self._embed:
+                handle.close()
+            self._embed = None
         if self._lora is not None:
             self._lora.close()

@@ -94,6 +94,12 @@ class Engine:
                 self._scheduler = Scheduler(self.backend, self.lock)
             return self._scheduler
 
+    def run(self, fn: Callable[[], T]) -> T:
+        """``fn()`` where the model runs: on the scheduler's thread, holding the lock, between
+        two decode steps (:meth:`~guardrail.scheduler.Scheduler.call`). Probes and detectors
+        that read the model's hidden states or logits go through here."""
+        return self.scheduler.call(fn)
+
     def load(self, cfg: ModelConfig) -> Engine:
         """The engine of another model (an expert on another model), loaded once."""
         if self._load is None:
@@ -170,9 +176,10 @@ class Engine:
         ``requests``). Closing the iterator early cancels what is left of them.
 
         A request whose rule changes the model while it runs (:class:`AttachedRule`) or that
-        runs on its own backend (experts on other models) is decoded alone: after the running
-        requests are done, holding the lock (and those models' locks) throughout. So is every
-        request of a thread that already holds the engine's lock (it would wait for itself).
+        runs on its own backend (experts on other models) is decoded alone, on the scheduler's
+        thread once the running requests are done, holding the lock (and those models' locks)
+        throughout. A thread that already holds the engine's lock (it would wait for itself)
+        decodes its requests itself.
 
         A request that cannot run (it does not fit the context) raises before anything is
         decoded (``errors="raise"``, the default) or, with ``errors="event"``, gets one
@@ -191,8 +198,7 @@ class Engine:
                     ev.request = together[ev.request]
                     yield ev
         if alone:
-            with self.scheduler.exclusive():
-                yield from self._alone(requests, alone, errors)
+            yield from self.scheduler.alone(lambda: self._alone(requests, alone, errors))
 
     def _alone(
         self, requests: Sequence[GenerationRequest], idx: list[int], errors: OnError

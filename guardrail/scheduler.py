@@ -36,10 +36,10 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from guardrail.decoding.loop import (
     Batch,
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from guardrail.locks import EngineLock
 
 Event = TokenEvent | FinishEvent | ErrorEvent
+T = TypeVar("T")
 
 RESERVED_STREAMS = 1
 """Stream slots the scheduler leaves free for probes that read the model between steps."""
@@ -89,6 +90,16 @@ class _Entry:
     tokens: int  # worst-case context tokens (shared KV cache)
     prefill: Iterator[int] | None = None  # chunks still to prefill (admitted, not yet live)
     times: dict[str, float] = field(default_factory=dict)  # monotonic clock at each stage
+
+
+@dataclass
+class _Job:
+    """Work to run on the scheduler's thread between two steps (``exclusive``: once nothing
+    is being decoded)."""
+
+    fn: Callable[[], Any]
+    future: Future[Any]
+    exclusive: bool
 
 
 @dataclass
@@ -139,7 +150,7 @@ class Scheduler:
         self._keys = itertools.count()
         self._steps = 0
         self._admitted = 0
-        self._paused = 0  # callers waiting to decode alone (exclusive)
+        self._jobs: deque[_Job] = deque()
 
     # ------------------------------------------------------------------ callers
 
@@ -228,23 +239,76 @@ class Scheduler:
     # ------------------------------------------------------------------ the thread
 
     def _busy(self) -> bool:
-        return bool((self._waiting and not self._paused) or self._prefilling or self._running)
+        exclusive = bool(self._jobs) and self._jobs[0].exclusive
+        return bool((self._waiting and not exclusive) or self._prefilling or self._running
+                    or self._jobs)
 
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """Hold admission and wait until nothing is being decoded, for a request that must run
-        alone (it changes the model while it runs, or runs on other models too). The caller
-        takes the engine's lock itself; it must not hold it while entering."""
-        with self._cond:
-            self._paused += 1
-            self._cond.wait_for(lambda: not self._running and not self._prefilling)
+    def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on the scheduler's thread, holding the engine's lock, between two steps.
+
+        Everything that runs the model goes through here or through :meth:`submit`, so all of a
+        backend's computation happens on one thread: llama.cpp's CPU threads (OpenMP) belong to
+        the thread that starts them, and a second thread computing on the same model leaves
+        every later decode step about 30% slower. A thread that holds the lock already (it
+        would wait for itself) runs ``fn`` itself."""
+        if threading.current_thread() is self._thread or self.lock.held_by_me():
+            with self.lock:
+                return fn()
+        return self._job(fn, exclusive=False).result()  # type: ignore[no-any-return]
+
+    def alone(self, make: Callable[[], Iterator[T]]) -> Iterator[T]:
+        """Iterate ``make()`` on the scheduler's thread once nothing else is being decoded,
+        admitting nothing meanwhile (a request that must run alone); items are handed over as
+        they come. Closing the iterator stops it between two items."""
+        if threading.current_thread() is self._thread or self.lock.held_by_me():
+            yield from make()
+            return
+        items: queue.Queue[tuple[str, Any]] = queue.Queue()
+        stop = threading.Event()
+
+        def work() -> None:
+            for item in make():
+                if stop.is_set():
+                    return
+                items.put(("item", item))
+
+        job = self._job(work, exclusive=True)
+        job.add_done_callback(lambda f: items.put(
+            ("error", f.exception()) if f.exception() is not None else ("done", None)))
         try:
-            yield
+            while True:
+                kind, item = items.get()
+                if kind == "item":
+                    yield item
+                elif kind == "error":
+                    raise item
+                else:
+                    return
         finally:
+            stop.set()
+
+    def _job(self, fn: Callable[[], Any], *, exclusive: bool) -> Future[Any]:
+        fut: Future[Any] = Future()
+        with self._cond:
+            self._jobs.append(_Job(fn, fut, exclusive))
+            self._wake()
+        return fut
+
+    def _run_jobs(self) -> None:
+        """Run queued jobs (holding the lock); an exclusive one waits for the batch to drain."""
+        while True:
             with self._cond:
-                self._paused -= 1
-                if self._waiting:
-                    self._wake()
+                if not self._jobs:
+                    return
+                job = self._jobs[0]
+                if job.exclusive and (self._running or self._prefilling):
+                    return  # decode the running ones first; nothing is admitted meanwhile
+                self._jobs.popleft()
+            if job.future.set_running_or_notify_cancel():
+                try:
+                    job.future.set_result(job.fn())
+                except BaseException as e:  # noqa: BLE001 - handed to the caller
+                    job.future.set_exception(e)
 
     def _run(self) -> None:
         while True:
@@ -257,6 +321,7 @@ class Scheduler:
                         return
             try:
                 with self.lock:
+                    self._run_jobs()
                     self._drop_cancelled()
                     self._admit()
                     self._step()
@@ -330,7 +395,8 @@ class Scheduler:
     def _admit(self) -> None:
         """Admit waiting requests that fit, prefill up to ``prefill_tokens``, start the ready."""
         addable = self._batch is not None and self._batch.streams.can_add
-        if (self._batch is None or addable or not self._running) and not self._paused:
+        held = bool(self._jobs) and self._jobs[0].exclusive  # a request waits to run alone
+        if (self._batch is None or addable or not self._running) and not held:
             with self._cond:
                 rows, tokens = self._used()
                 while self._waiting and self._fits(self._waiting[0], rows, tokens):

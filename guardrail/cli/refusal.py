@@ -47,11 +47,10 @@ def train(
     try:
         answers = load_labelled(files)
         engine = get_engine(ModelConfig(backend=backend, path=model))  # type: ignore[arg-type]
-        with engine.lock:
-            weights, report = train_refusal_probe(
-                engine.backend, answers, holdout_every=holdout_every,
-                answer_tokens=answer_tokens, l2=l2,
-            )
+        weights, report = engine.run(lambda: train_refusal_probe(
+            engine.backend, answers, holdout_every=holdout_every,
+            answer_tokens=answer_tokens, l2=l2,
+        ))
         path = save_refusal_probe(weights, out, holdout_every=str(holdout_every),
                                   data=", ".join(f.name for f in files))
     except GuardrailError as e:

@@ -70,7 +70,7 @@ def _probe_detector(settings: Any) -> Detector:
             "its agreement there (guardrail eval agreement)", name, probe.model,
             engine.backend.model_name,
         )
-    return RefusalProbeDetector(engine.backend, probe, name=name, lock=engine.lock,
+    return RefusalProbeDetector(engine.backend, probe, name=name, run=engine.run,
                                 threshold=getattr(settings, "threshold", None))
 
 

@@ -119,14 +119,16 @@ class JudgeDetector:
         """For each prompt, the class whose digit is the likeliest first answer token."""
         backend = self.engine.backend
         candidates = [_digit_tokens(backend.tokenize, d) for d in "123"]
-        out: list[Label] = []
-        with self.engine.lock:
+        def read() -> list[Label]:  # where the model runs (Engine.run)
+            out: list[Label] = []
             for prompt in prompts:  # one at a time: prompts differ in length
                 with backend.open([prompt]) as streams:
                     logits = streams.logits()[0]
                 scores = [max(float(logits[t]) for t in ids) for ids in candidates]
                 out.append(LABELS[int(np.argmax(scores))])
-        return out
+            return out
+
+        return self.engine.run(read)
 
     def __repr__(self) -> str:
         return f"JudgeDetector({self.name!r}, max_new_tokens={self.max_new_tokens})"

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -121,7 +120,7 @@ class RefusalProbeDetector:
 
     def __init__(
         self, backend: Backend, probe: RefusalProbe, *, name: str = "refusal_probe",
-        threshold: float | None = None, lock: Any = None,
+        threshold: float | None = None, run: Callable[[Callable[[], Any]], Any] | None = None,
     ):
         self.backend = backend
         self.probe = probe
@@ -129,15 +128,17 @@ class RefusalProbeDetector:
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"refusal.probe.threshold must be in (0, 1), got {self.threshold}")
         self.name = f"probe:{name}"
-        self._lock = lock
+        self._run = run  # runs the reads where the model runs (Engine.run); None: here
 
     def scores(self, pairs: Sequence[tuple[str, str]]) -> NDArray[np.float64]:
         """``P(refusal)`` of each ``(prompt, response)``."""
         if not pairs:
             return np.zeros(0)
-        with self._lock or nullcontext():
-            x = np.stack([answer_feature(self.backend, q, r, self.probe.answer_tokens)
-                          for q, r in pairs])
+        def read() -> NDArray[np.float64]:
+            return np.stack([answer_feature(self.backend, q, r, self.probe.answer_tokens)
+                             for q, r in pairs])
+
+        x = read() if self._run is None else self._run(read)
         return probe_harm(self.probe.weights, x)
 
     def __call__(self, prompt: str, response: str) -> RefusalResult:

@@ -101,8 +101,8 @@ def _router(s: ExpertsStrategy, engine: Engine, messages: list[dict[str, Any]]) 
         return FixedWeights(r.alpha, r.beta)
     if isinstance(r, FileRouter):
         probe = load_probe(r.path)
-        with engine.lock:  # the probe runs the model (llama.cpp: the streams' own context)
-            return probe_weights(probe, engine.backend, messages)
+        # the probe runs the model: where the model runs
+        return engine.run(lambda: probe_weights(probe, engine.backend, messages))
     return AgreementWeights()
 
 

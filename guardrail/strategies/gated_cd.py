@@ -29,8 +29,8 @@ def plan(s: GatedCDStrategy, engine: Engine, messages: list[dict[str, Any]], too
         gate = {"threshold": s.probe.threshold, "ban_below": s.probe.ban_below,
                 "refuse_above": s.probe.refuse_above}
         if s.steps > 0:
-            with engine.lock:  # the probe runs the model (llama.cpp: the streams' own context)
-                harm = prompt_harm(s.probe.path, engine.backend, messages)
+            path = s.probe.path  # the probe runs the model: where the model runs
+            harm = engine.run(lambda: prompt_harm(path, engine.backend, messages))
     rule = GatedCDRule(ids, alpha=s.alpha, lam=s.lam, beta=s.beta, steps=s.steps, harm=harm,
                        **gate)
     convs = [messages]

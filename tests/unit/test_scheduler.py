@@ -166,17 +166,36 @@ def test_a_request_that_must_run_alone_waits_for_the_running_ones() -> None:
     engine = Engine(FakeBackend(step_s=0.01))
     running = engine.stream([_request(engine, PROMPTS[1], n=30, run_on=30)])
     next(running)
-    done: list[float] = []
+    seen: list[tuple[int, str]] = []
 
-    def alone() -> None:
-        with engine.scheduler.exclusive():
-            done.append(engine.scheduler.stats().running)
+    def alone() -> Iterator[int]:  # runs on the scheduler's thread, nothing else decoding
+        for i in range(3):
+            seen.append((engine.scheduler.stats().running, threading.current_thread().name))
+            yield i
 
-    t = threading.Thread(target=alone)
+    got: list[int] = []
+    t = threading.Thread(target=lambda: got.extend(engine.scheduler.alone(alone)))
     t.start()
+    waiting = engine.stream([_request(engine, PROMPTS[0], n=5)])  # queued behind it
     list(running)
     t.join(5)
-    assert done == [0]
+    assert got == [0, 1, 2]
+    assert seen == [(0, "guardrail-scheduler")] * 3
+    assert isinstance(list(waiting)[-1], FinishEvent)
+
+
+def test_calls_run_on_the_scheduler_thread_between_steps() -> None:
+    engine = Engine(FakeBackend(step_s=0.01))
+    events = engine.stream([_request(engine, PROMPTS[0], n=40, run_on=40)])
+    next(events)
+    where = engine.run(lambda: (threading.current_thread().name,
+                                engine.scheduler.stats().running))
+    assert where == ("guardrail-scheduler", 1)  # while the other request still runs
+    with pytest.raises(ZeroDivisionError):  # the caller gets the job's error
+        engine.run(lambda: 1 / 0)
+    assert isinstance(list(events)[-1], FinishEvent)
+    with engine.lock:  # a thread holding the lock runs the job itself
+        assert engine.run(threading.current_thread) is threading.current_thread()
 
 
 def test_the_thread_exits_when_idle_and_starts_again(monkeypatch: pytest.MonkeyPatch) -> None:
