@@ -225,6 +225,7 @@ class LlamaCppBackend(HiddenStatesMixin, Backend):
     """
 
     name = "llamacpp"
+    can_add_streams = True  # its streams take new ones while they run (Streams.add)
 
     def __init__(
         self,

@@ -166,6 +166,7 @@ class TransformersBackend(HiddenStatesMixin, Backend):
     """
 
     name = "transformers"
+    can_add_streams = True  # its streams take new ones while they run (Streams.add)
 
     def __init__(
         self,

@@ -49,6 +49,7 @@ from guardrail.decoding.loop import (
     OnError,
     TokenEvent,
     fit_context,
+    opened,
     start,
 )
 from guardrail.errors import BackendError, ConfigError, ContextOverflowError
@@ -413,7 +414,8 @@ class Scheduler:
         budget = self.prefill_tokens if self._running else None  # idle: prefill to the end
         for e in list(self._prefilling):
             if e.prefill is None:
-                e.prefill = self._batch.streams.add(e.req.prompts)
+                e.prefill = self._batch.streams.add(
+                    e.req.prompts[: opened(self.backend, e.req)])
             while True:
                 try:
                     n = next(e.prefill)
@@ -435,7 +437,8 @@ class Scheduler:
         if self._batch is not None:
             return  # a fixed batch is still running: the admitted wait for it
         entries = list(self._prefilling)
-        streams: Streams = self.backend.open([p for e in entries for p in e.req.prompts])
+        streams: Streams = self.backend.open(
+            [p for e in entries for p in e.req.prompts[: opened(self.backend, e.req)]])
         self._batch = Batch(self.backend, streams)
         for e in entries:
             self._go_live(e)

@@ -164,6 +164,10 @@ class FakeBackend(Backend):
         return self._n_ctx
 
     @property
+    def can_add_streams(self) -> bool:
+        return self.addable
+
+    @property
     def max_streams(self) -> int:
         return self._max_streams
 

@@ -172,6 +172,20 @@ class GatedCDRule(TwoStreamsForKSteps):
     def streams_needed(self, step: int) -> int:
         return 1 if self.harmful else super().streams_needed(step)
 
+    @property
+    def defers(self) -> bool:
+        """Whether S may wait until O starts a refusal: everywhere but the refuse zone (which
+        reads S at every guarded step) and a one-stream request."""
+        return self.n_streams > 1 and not self.strengthen
+
+    def streams_now(self, step: int, z_o: NDArray[np.float32]) -> int:
+        """S is read only at a guarded step whose O starts a refusal (the gate)."""
+        if step >= self.steps or self.harmful:
+            return 1
+        if self.strengthen or int(np.argmax(z_o)) in self.refusal_ids:
+            return 2
+        return 1
+
     def combine(
         self, logits: NDArray[np.float32], step: int
     ) -> tuple[NDArray[np.float32], StepInfo | None]:
@@ -183,6 +197,8 @@ class GatedCDRule(TwoStreamsForKSteps):
         if self.strengthen:
             own = int(np.argmax(logits[0])) in self.refusal_ids
             return logits[0 if own else 1], {"mode": "refuse", **probe}
+        if len(logits) == 1:  # S deferred: O does not start a refusal (streams_now said so)
+            return logits[0], {"mode": "plain", **probe}
         z, info = gated_cd_logits(
             logits[0], logits[1], refusal_ids=self.refusal_ids,
             alpha=self.alpha, lam=self.lam, beta=self.beta, confirm=self.harm is None,

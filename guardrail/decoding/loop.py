@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+from numpy.typing import NDArray
 from guardrail.adapters.base import Backend, Streams
 
 from guardrail.decoding.processors import LogitsProcessor, MinNewTokens
-from guardrail.decoding.rules import Rule, StepInfo
+from guardrail.decoding.rules import DeferringRule, Rule, StepInfo
 from guardrail.decoding.sampling import SamplingParams, sample
 from guardrail.decoding.text import TextAssembler
 from guardrail.errors import ConfigError, ContextOverflowError
@@ -120,6 +121,7 @@ class _Live:
     n_streams: int
     processors: list[LogitsProcessor]
     cap: int  # usable max_new_tokens (the context may allow fewer than asked)
+    limit: int = 0  # streams it may still open (deferred ones included)
     steps: list[StepInfo] = field(default_factory=list)
     generated: list[int] = field(default_factory=list)  # every sampled id, end-of-turn included
     done: FinishReason | None = None
@@ -227,67 +229,103 @@ def _processors(req: GenerationRequest, eot: Collection[int]) -> list[LogitsProc
     return out
 
 
+def can_add(backend: Backend) -> bool:
+    """Whether ``backend``'s streams can take new ones while they run (``Streams.add``)."""
+    return bool(getattr(backend, "can_add_streams", False))
+
+
+def opened(backend: Backend, req: GenerationRequest) -> int:
+    """Streams of ``req`` to open at its start: the answer stream alone when its rule defers
+    the others (:class:`~guardrail.decoding.rules.DeferringRule`) and the backend can add
+    them later, else all of them."""
+    rule = req.rule
+    if isinstance(rule, DeferringRule) and rule.defers and can_add(backend):
+        return 1
+    return len(req.prompts)
+
+
 def start(backend: Backend, index: int, req: GenerationRequest, cap: int) -> _Live:
-    """The decoding state of request ``index`` (``cap``: its usable max_new_tokens)."""
+    """The decoding state of request ``index`` (``cap``: its usable max_new_tokens), whose
+    first :func:`opened` streams are about to be live."""
     return _Live(index, req, req.sampling.rng(), TextAssembler(backend.detokenize, req.stop),
-                 len(req.prompts), _processors(req, backend.end_of_turn_ids), cap=cap)
+                 opened(backend, req), _processors(req, backend.end_of_turn_ids), cap=cap,
+                 limit=len(req.prompts))
 
 
 class Batch:
     """Requests whose streams are live on one open :class:`~guardrail.adapters.base.Streams`,
-    in order, advanced together one token per :meth:`step`.
+    advanced together one token per :meth:`step`.
 
     :func:`decode` fills one at the start and runs it to the end; the scheduler
     (:mod:`guardrail.scheduler`) joins requests whose streams it has just added and drops
     cancelled ones between steps. Either way a step is the same: every live request's rule
     combines its rows of one batched forward, its processors constrain the result, the sampler
-    picks the token, finished requests and streams the rules no longer need are freed.
+    picks the token, finished requests and streams the rules no longer need are freed. A rule
+    that defers streams gets them opened in the step that first needs them.
     """
 
     def __init__(self, backend: Backend, streams: Streams) -> None:
         self.backend = backend
         self.streams = streams
         self.live: list[_Live] = []
+        self.order: list[tuple[int, int]] = []  # (request, stream number) of each live row
         self.step_count = 0  # steps this batch has run
 
     def join(self, lv: _Live) -> None:
         """Count ``lv`` as the owner of the last ``lv.n_streams`` live streams."""
         self.live.append(lv)
+        self.order += [(lv.index, k) for k in range(lv.n_streams)]
 
     @property
     def rows(self) -> int:
-        return sum(lv.n_streams for lv in self.live)
+        return len(self.order)
+
+    def _keep(self, rows: list[int]) -> None:
+        if len(rows) < self.streams.n_live:
+            self.streams.keep(rows)
+        self.order = [self.order[r] for r in rows]
 
     def drop(self, indices: Collection[int]) -> None:
         """Stop the requests ``indices`` now and free their streams (no event for them)."""
-        keep, still, row = [], [], 0
-        for lv in self.live:
-            if lv.index not in indices:
-                keep.extend(range(row, row + lv.n_streams))
-                still.append(lv)
-            row += lv.n_streams
+        still = [lv for lv in self.live if lv.index not in indices]
         if len(still) < len(self.live):
             self.live = still
-            self.streams.keep(keep)
+            self._keep([r for r, (i, _) in enumerate(self.order) if i not in indices])
+
+    def _open_deferred(self, lv: _Live, need: int) -> NDArray[np.float32]:
+        """Open ``lv``'s streams up to ``need``: their prompts plus the tokens generated so far,
+        so they stand where the answer stream stands; their next-token logits."""
+        new = range(lv.n_streams, need)
+        for _ in self.streams.add([[*lv.req.prompts[k], *lv.generated] for k in new]):
+            pass
+        self.order += [(lv.index, k) for k in new]
+        lv.n_streams = need
+        return self.streams.logits()[-len(new):]
 
     def step(self) -> list[TokenEvent | FinishEvent]:
         """One token for every live request, then free what is done; the events in order."""
         eot = self.backend.end_of_turn_ids
         events: list[TokenEvent | FinishEvent] = []
         logits = self.streams.logits()
-        row = 0
-        tokens: list[int] = []
+        rows: dict[int, list[int]] = {}
+        for r, (i, _) in enumerate(self.order):  # a request's rows, in stream order
+            rows.setdefault(i, []).append(r)
+        tokens: dict[int, int] = {}
         for lv in self.live:
             step = len(lv.generated)
-            answer = logits[row]
-            z, info = lv.req.rule.combine(logits[row : row + lv.n_streams], step)
-            row += lv.n_streams
+            mine = logits[rows[lv.index]]
+            answer = mine[0]
+            if lv.n_streams < lv.limit and isinstance(lv.req.rule, DeferringRule):
+                need = lv.req.rule.streams_now(step, answer)
+                if need > lv.n_streams:
+                    mine = np.concatenate([mine, self._open_deferred(lv, need)])
+            z, info = lv.req.rule.combine(mine, step)
             for proc in lv.processors:
                 z = proc(z, lv.generated, step, answer)
             tok = sample(z, lv.req.sampling, lv.rng)
             if info is not None:
                 lv.steps.append({"step": step, **info})
-            tokens.append(tok)
+            tokens[lv.index] = tok
             lv.generated.append(tok)
             if tok in eot:
                 lv.done = "stop"
@@ -300,34 +338,31 @@ class Batch:
             elif len(lv.generated) >= lv.cap:
                 lv.done = "length"
         # Free finished requests and streams their rules no longer need.
-        keep: list[int] = []
-        next_tokens: list[int] = []
+        keep: dict[int, int] = {}
         still: list[_Live] = []
-        row = 0
-        for lv, tok in zip(self.live, tokens):
-            width = lv.n_streams
+        for lv in self.live:
             if lv.done is not None:
                 events.append(_finish(lv, len(lv.req.prompts[0])))
-            else:
-                lv.n_streams = min(width, lv.req.rule.streams_needed(len(lv.generated) - 1))
-                keep.extend(range(row, row + lv.n_streams))
-                next_tokens.extend([tok] * lv.n_streams)
-                still.append(lv)
-            row += width
+                continue
+            needed = lv.req.rule.streams_needed(len(lv.generated) - 1)
+            lv.n_streams = keep[lv.index] = min(lv.n_streams, needed)
+            lv.limit = min(lv.limit, needed)  # streams never needed again are never opened
+            still.append(lv)
         self.live = still
         self.step_count += 1
-        if still and len(keep) < self.streams.n_live:  # (an emptied batch is the owner's)
-            self.streams.keep(keep)
         if still:
-            self.streams.append(next_tokens)
+            self._keep([r for r, (i, k) in enumerate(self.order) if k < keep.get(i, 0)])
+            self.streams.append([tokens[i] for i, _ in self.order])
+        else:  # the streams are the owner's to free (or to keep for the next requests)
+            self.order = []
         return events
 
 
 def _decode_batch(
     backend: Backend, batch: Sequence[tuple[int, GenerationRequest, int]]
 ) -> Iterator[TokenEvent | FinishEvent]:
-    with backend.open([p for _, r, _ in batch for p in r.prompts]) as streams:
-        run = Batch(backend, streams)
+    with backend.open([p for _, r, _ in batch for p in r.prompts[: opened(backend, r)]]) as s:
+        run = Batch(backend, s)
         for i, r, cap in batch:
             run.join(start(backend, i, r, cap))
         while run.live:

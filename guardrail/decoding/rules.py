@@ -74,6 +74,24 @@ class TwoStreamsForKSteps:
 
 
 @runtime_checkable
+class DeferringRule(Protocol):
+    """A rule whose streams after the answer stream are opened only when a step needs them.
+
+    ``defers`` says whether this request's rule may start with the answer stream alone;
+    ``streams_now(step, z_o)`` how many leading streams it needs to combine ``step``, given the
+    answer stream's logits. The loop opens the missing ones then, prefilled with their prompts
+    and every token generated so far (in step with the answer), and calls ``combine`` with
+    them; until then ``combine`` gets the answer stream's row alone. A backend whose streams
+    cannot be added to a running set opens every stream at the start instead.
+    """
+
+    @property
+    def defers(self) -> bool: ...
+
+    def streams_now(self, step: int, z_o: NDArray[np.float32]) -> int: ...
+
+
+@runtime_checkable
 class AttachedRule(Protocol):
     """A rule that changes the model while its request runs (faithful experts hook every
     layer): the loop decodes its request alone, inside ``attached()``."""
