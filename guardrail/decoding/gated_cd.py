@@ -13,7 +13,11 @@ instruction alone (the template's default system prompt stays in both). For the 
 * O not refusing: ``ẑ = z_o``                                                           (plain)
 
 So an answer differs from plain decoding only where the plain model starts a refusal that the
-safety instruction, not the request, makes it sure of. After K tokens O is decoded alone.
+safety instruction, not the request, makes it sure of. After K tokens O is decoded alone. S is
+read only at a step whose O starts a refusal, so the rule defers it
+(:class:`~guardrail.decoding.rules.DeferringRule`): the loop opens S, prefilled with its prompt
+and the tokens generated so far, at the first such step (never, for most answers), except in
+the refuse zone below, which reads S at every guarded step.
 
 With a prompt probe (``harm`` = P(harmful) of the request, MidPO's router signal read from the
 model's hidden state of the prompt, see ``guardrail/probes/prompt.py``) the probe replaces the

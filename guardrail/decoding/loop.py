@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from numpy.typing import NDArray
 from guardrail.adapters.base import Backend, Streams
+from numpy.typing import NDArray
 
 from guardrail.decoding.processors import LogitsProcessor, MinNewTokens
 from guardrail.decoding.rules import DeferringRule, Rule, StepInfo

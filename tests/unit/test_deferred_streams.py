@@ -26,8 +26,8 @@ def _request(b: FakeBackend, messages: list[dict[str, str]], refusal: set[str],
 def _run(addable: bool, messages: list[dict[str, str]], refusal: set[str],
          **gate: float) -> tuple[FinishEvent, list[int]]:
     b = FakeBackend(addable=addable)
-    fin = [e for e in decode(b, [_request(b, messages, refusal, **gate)])
-           if isinstance(e, FinishEvent)][0]
+    fin = next(e for e in decode(b, [_request(b, messages, refusal, **gate)])
+               if isinstance(e, FinishEvent))
     return fin, b.live_log
 
 
