@@ -28,7 +28,7 @@ from guardrail.policy.problems import (
     from_validation_error,
 )
 from guardrail.policy.schema import Policy
-from guardrail.policy.yamlsource import interpolate, parse_yaml
+from guardrail.policy.yamlsource import interpolate, parse_yaml, read_bounded
 
 POLICY_ENV = "GUARDRAIL_POLICY"
 """Environment variable naming the default policy (a shipped name or a path)."""
@@ -114,15 +114,7 @@ def resolve_policy_ref(ref: str, base_dir: Path | None = None) -> Path:
 
 def _read_layer(path: Path, env: Mapping[str, str] | None) -> _Layer:
     source = str(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_POLICY_BYTES:
-            raise PolicyValidationError([PolicyProblem(
-                source, None, (), f"is {size} bytes, larger than a policy file may be "
-                f"({MAX_POLICY_BYTES} bytes); not read")])
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise PolicyValidationError([PolicyProblem(source, None, (), f"cannot read: {e}")]) from None
+    text = read_bounded(path, MAX_POLICY_BYTES, "a policy file")
     try:
         layer = _layer_from_text(text, source, env)
     except PolicyValidationError as e:

@@ -23,6 +23,26 @@ MAX_DEPTH = 32
 MAX_NODES = 20_000
 """Most YAML nodes visited per file (stops alias bombs from expanding without bound)."""
 
+def read_bounded(path: os.PathLike[str] | str, limit: int, what: str) -> str:
+    """The text of the file at ``path``, refused unread when it is larger than ``limit`` bytes
+    (``what`` names the kind of file in that error: "a policy file", "a server config").
+
+    Raises:
+        PolicyValidationError: naming the file (too large, unreadable, not UTF-8).
+    """
+    source = str(path)
+    try:
+        size = os.stat(path).st_size
+        if size > limit:
+            raise PolicyValidationError([PolicyProblem(
+                source, None, (), f"is {size} bytes, larger than {what} may be ({limit} bytes); "
+                "not read")])
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise PolicyValidationError([PolicyProblem(source, None, (), f"cannot read: {e}")]) from None
+
+
 _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 

@@ -20,7 +20,7 @@ from guardrail.policy.problems import (
     PolicyValidationError,
     from_validation_error,
 )
-from guardrail.policy.yamlsource import parse_yaml
+from guardrail.policy.yamlsource import parse_yaml, read_bounded
 
 API_KEYS_ENV = "GUARDRAIL_API_KEYS"
 """Environment variable holding API keys, comma-separated (added to the configured ones)."""
@@ -136,16 +136,7 @@ def load_serve_config(path: str | Path) -> ServeConfig:
     file = Path(path)
     source = str(file)
     try:
-        size = file.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ServeConfigError([PolicyProblem(
-                source, None, (), f"is {size} bytes, larger than a server config may be "
-                f"({MAX_CONFIG_BYTES} bytes); not read")])
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ServeConfigError([PolicyProblem(source, None, (), f"cannot read: {e}")]) from None
-    try:
-        located = parse_yaml(text, source)
+        located = parse_yaml(read_bounded(file, MAX_CONFIG_BYTES, "a server config"), source)
     except PolicyValidationError as e:
         raise ServeConfigError(e.problems) from None
     data = located.data if located.data is not None else {}
