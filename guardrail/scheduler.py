@@ -177,7 +177,7 @@ class Scheduler:
             except ContextOverflowError as e:
                 if errors == "raise":
                     raise
-                ticket.events.put(("event", ErrorEvent(i, e)))
+                ticket.events.put(("item", ErrorEvent(i, e)))
                 continue
             if len(r.prompts) > self.capacity:
                 raise ConfigError(
@@ -196,24 +196,31 @@ class Scheduler:
 
     def _consume(self, ticket: _Ticket) -> Iterator[Event]:
         try:
-            while True:
-                try:
-                    kind, item = ticket.events.get(timeout=POLL_S)
-                except queue.Empty:
-                    with self._cond:
-                        alive = self._thread is not None and self._thread.is_alive()
-                        pending = ticket.open > 0 and not alive
-                    if pending:  # pragma: no cover - the loop catches everything it can
-                        raise BackendError("the scheduler's thread died") from None
-                    continue
-                if kind == "event":
-                    yield item
-                elif kind == "error":
-                    raise item
-                else:
-                    return
+            yield from self._handed(ticket.events, lambda: ticket.open > 0)
         finally:
             self.cancel(ticket)
+
+    def _handed(self, items: queue.Queue[tuple[str, Any]],
+                pending: Callable[[], bool]) -> Iterator[Any]:
+        """What the scheduler's thread hands over on ``items``: ``("item", x)`` is yielded,
+        ``("error", e)`` raised, ``("done", None)`` ends it. While waiting, a thread that died
+        with work ``pending`` is an error rather than a wait for ever."""
+        while True:
+            try:
+                kind, item = items.get(timeout=POLL_S)
+            except queue.Empty:
+                with self._cond:
+                    alive = self._thread is not None and self._thread.is_alive()
+                    dead = pending() and not alive
+                if dead:  # pragma: no cover - the loop catches everything it can
+                    raise BackendError("the scheduler's thread died") from None
+                continue
+            if kind == "item":
+                yield item
+            elif kind == "error":
+                raise item
+            else:
+                return
 
     def cancel(self, ticket: _Ticket) -> None:
         """Drop what is left of ``ticket`` (its streams are freed before the next step)."""
@@ -277,14 +284,7 @@ class Scheduler:
         job.add_done_callback(lambda f: items.put(
             ("error", f.exception()) if f.exception() is not None else ("done", None)))
         try:
-            while True:
-                kind, item = items.get()
-                if kind == "item":
-                    yield item
-                elif kind == "error":
-                    raise item
-                else:
-                    return
+            yield from self._handed(items, lambda: not job.done())
         finally:
             stop.set()
 
@@ -357,7 +357,6 @@ class Scheduler:
                 if e.prefill is not None:
                     e.prefill.close()  # type: ignore[attr-defined]
                 self._finish_entry(e, "error", error)
-            self._cond.notify_all()
         with self.lock:
             try:
                 self._close_streams()
@@ -374,8 +373,6 @@ class Scheduler:
             gone = {k for k, e in self._running.items() if e.ticket.cancelled}
             for k in gone:
                 del self._running[k]
-            if gone or not self._prefilling:
-                self._cond.notify_all()
         if gone and self._batch is not None:
             self._batch.drop(gone)
 
@@ -470,11 +467,9 @@ class Scheduler:
                     del self._running[ev.request]
                     ev.timings = _timings(e.times, time.monotonic())
                 ev.request = e.local
-                e.ticket.events.put(("event", ev))
+                e.ticket.events.put(("item", ev))
                 if isinstance(ev, FinishEvent):
                     self._finish_entry(e, "done")
-            if not self._running:
-                self._cond.notify_all()  # an exclusive caller may be waiting for this
         if not batch.live:
             if batch.streams.can_add:
                 batch.streams.keep([])  # free the finished streams, keep the set for the next

@@ -269,7 +269,6 @@ class Batch:
         self.streams = streams
         self.live: list[_Live] = []
         self.order: list[tuple[int, int]] = []  # (request, stream number) of each live row
-        self.step_count = 0  # steps this batch has run
 
     def join(self, lv: _Live) -> None:
         """Count ``lv`` as the owner of the last ``lv.n_streams`` live streams."""
@@ -349,7 +348,6 @@ class Batch:
             lv.limit = min(lv.limit, needed)  # streams never needed again are never opened
             still.append(lv)
         self.live = still
-        self.step_count += 1
         if still:
             self._keep([r for r, (i, k) in enumerate(self.order) if k < keep.get(i, 0)])
             self.streams.append([tokens[i] for i, _ in self.order])
