@@ -1,0 +1,1 @@
+"""Training the experts locally: preference pairs, SPE-DPO experts, the router, POROver (docs/training.md)."""
