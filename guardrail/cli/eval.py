@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -65,6 +65,21 @@ def eval_command(
     report: Optional[Path] = typer.Option(  # noqa: UP007
         None, help="Only redraw summary.json, report.md, report.png from DIR/results.jsonl."
     ),
+    ray: bool = typer.Option(
+        False, "--ray", help="Decode on Ray actors (the 'ray' extra; docs/scale.md)."
+    ),
+    address: Optional[str] = typer.Option(  # noqa: UP007
+        None, help="Ray cluster to join with --ray ('auto': the one on this machine; default: "
+        "$RAY_ADDRESS, else the latest started here, else a new local one)."
+    ),
+    workers: Optional[int] = typer.Option(  # noqa: UP007
+        None, help="Ray actors decoding at once with --ray, each loading the model once "
+        "(default 1)."
+    ),
+    cpus_per_worker: Optional[float] = typer.Option(  # noqa: UP007
+        None, help="CPUs Ray reserves for each worker with --ray (default 1; llama.cpp uses "
+        "that many threads unless the policy sets n_threads)."
+    ),
 ) -> None:
     """Run every prompt under every policy and write DIR/results.jsonl, summary.json, report.md
     and report.png. An interrupted run resumes where it stopped when re-run with the same DIR."""
@@ -78,11 +93,25 @@ def eval_command(
         else:
             if not policy or out is None:
                 raise typer.BadParameter("give --policy (one or more) and --out DIR, or --report DIR")
-            summary = ev.run(
-                policy, data, out=out, model=model, backend=backend, limit=limit,
+            common: dict[str, Any] = dict(
+                out=out, model=model, backend=backend, limit=limit,
                 max_new_tokens=max_new_tokens, detector=detector, judge_model=judge_model,
                 probe_file=probe_file, batch_size=batch_size,
             )
+            ray_options = {"--address": address, "--workers": workers,
+                           "--cpus-per-worker": cpus_per_worker}
+            if ray:
+                from guardrail.scale.eval import run_ray
+
+                summary = run_ray(policy, data, address=address,
+                                  workers=1 if workers is None else workers,
+                                  cpus_per_worker=1.0 if cpus_per_worker is None
+                                  else cpus_per_worker, **common)
+            else:
+                given = [k for k, v in ray_options.items() if v is not None]
+                if given:
+                    raise ConfigError(f"{', '.join(given)}: only used with --ray")
+                summary = ev.run(policy, data, **common)
             typer.echo(f"results, summary.json, report.md, report.png in {out}")
     except GuardrailError as e:
         raise _fail(e) from e

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from guardrail.errors import GuardrailError
+from guardrail.errors import ConfigError, GuardrailError
 from guardrail.langchain.options import validation_summary
 
 
@@ -63,6 +63,17 @@ def serve(
     no_preload: Annotated[bool, typer.Option(
         "--no-preload", help="Load models on the first request instead of at startup.")] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    ray: Annotated[bool, typer.Option(
+        "--ray", help="Serve replicas on Ray Serve (the 'ray' extra; docs/scale.md).")] = False,
+    replicas: Annotated[int | None, typer.Option(
+        "--replicas", help="Ray Serve replicas, each loading the model once (with --ray; "
+        "default 1; autoscaling: the config's ray.autoscaling).")] = None,
+    address: Annotated[str | None, typer.Option(
+        "--address", help="Ray cluster to join with --ray ('auto': the one on this machine; "
+        "default: $RAY_ADDRESS, else the latest started here, else a new local one).")] = None,
+    cpus_per_replica: Annotated[float | None, typer.Option(
+        "--cpus-per-replica", help="CPUs Ray reserves per replica with --ray (default 1).")
+    ] = None,
 ) -> None:
     """Serve policies over the OpenAI chat-completions API (POST /v1/chat/completions)."""
     from guardrail.serve.config import ServeConfig, load_serve_config, with_env_keys
@@ -77,7 +88,24 @@ def serve(
             "max_tokens": max_tokens, "preload": False if no_preload else None,
         }
         data = {**base.model_dump(), **{k: v for k, v in flags.items() if v is not None}}
+        ray_flags = {"replicas": replicas, "address": address, "num_cpus": cpus_per_replica}
+        if ray:
+            data["ray"] = {**(data.get("ray") or {}),
+                           **{k: v for k, v in ray_flags.items() if v is not None}}
+        else:
+            names = {"replicas": "--replicas", "address": "--address",
+                     "num_cpus": "--cpus-per-replica"}
+            given = [names[k] for k, v in ray_flags.items() if v is not None]
+            if given:
+                raise ConfigError(f"{', '.join(given)}: only used with --ray")
+            if data.get("ray") is not None:
+                typer.echo("warning: the config's ray section is only used with --ray",
+                           err=True)
         cfg = with_env_keys(ServeConfig.model_validate(data))
+        if ray:
+            from guardrail.scale.ray_runtime import import_ray
+
+            import_ray("serve")  # without the extra: one line naming it, nothing started
         try:
             import uvicorn
 
@@ -86,7 +114,7 @@ def serve(
             typer.echo("error: guardrail serve needs FastAPI, uvicorn and prometheus-client: "
                        "pip install 'guardrail-decoding[serve]'", err=True)
             raise typer.Exit(1) from None
-        app = create_app(cfg)
+        app = None if ray else create_app(cfg)  # replicas build their own
     except ValidationError as e:
         typer.echo(f"error: {validation_summary(e)}", err=True)
         raise typer.Exit(1) from None
@@ -96,11 +124,39 @@ def serve(
     if not is_loopback(cfg.host) and not cfg.api_keys:
         typer.echo(f"warning: binding {cfg.host} without API keys: anyone who can reach this "
                    "address can use the model; give --api-key or $GUARDRAIL_API_KEYS", err=True)
+    if ray:
+        _serve_on_ray(cfg)
+        return
     typer.echo(f"guardrail serve: {', '.join(cfg.policies)} on http://{cfg.host}:{cfg.port}/v1"
                f"{' (API keys required)' if cfg.api_keys else ''}", err=True)
     # uvicorn's own signal handling: SIGINT/SIGTERM stop accepting and let in-flight requests
     # finish before the process exits.
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=log_level)
+
+
+def _serve_on_ray(cfg: Any) -> None:
+    """Deploy ``cfg`` on Ray Serve, wait for SIGINT/SIGTERM, then delete the application (its
+    replicas finish and stop; a cluster joined with --address keeps running)."""
+    import signal
+    import threading
+
+    from guardrail.scale.serve import deploy, undeploy
+
+    try:
+        url = deploy(cfg)
+    except GuardrailError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    size = "autoscaled" if cfg.ray.autoscaling else f"{cfg.ray.replicas or 1}"
+    typer.echo(f"guardrail serve: {', '.join(cfg.policies)} on {url} (Ray Serve, {size} "
+               f"replicas){' (API keys required)' if cfg.api_keys else ''}", err=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):  # wakes for the signal handler
+        pass
+    typer.echo("guardrail serve: stopping the Ray Serve application", err=True)
+    undeploy(cfg)
 
 
 def register(app: typer.Typer) -> None:

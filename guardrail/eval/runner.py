@@ -14,29 +14,32 @@ written (:func:`~guardrail.eval.results.check_rows`).
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from guardrail.loading import get_engine
 from guardrail.engine import Engine
 from guardrail.errors import ConfigError, GuardrailError, RefusalError
 from guardrail.eval.datasets import Example, load_dataset, stratified_slice
 from guardrail.eval.report import write_report
 from guardrail.eval.results import ResultRow, ResultsFile, check_rows, check_settings, prompt_hash
 from guardrail.eval.summary import EvalSummary
+from guardrail.guard import Guard
+from guardrail.loading import get_engine
 from guardrail.policy import ModelConfig, Policy, load_policy
 from guardrail.policy.schema import JudgeConfig, RefusalConfig, RefusalProbeConfig
-from guardrail.guard import Guard
 from guardrail.refusal import DETECTORS, get_detector
 from guardrail.refusal.base import Detector, RefusalResult
 
 OnRow = Callable[[ResultRow], None]
+log = logging.getLogger("guardrail.eval")
 
 
 def prepare_policies(
@@ -76,6 +79,137 @@ def prepare_policies(
     return out
 
 
+@dataclass
+class EvalPlan:
+    """What a run still has to do, decided before any model loads: the prepared policies, the
+    dataset slice, the refusal detector's settings and the rows already in ``results.jsonl``.
+
+    A local run and a Ray run (:mod:`guardrail.scale.eval`) share it, so both check and record
+    the same settings, resume from the same keyed rows and write the same files.
+    """
+
+    policies: list[Policy]
+    examples: list[Example]
+    out_dir: Path
+    refusal: RefusalConfig
+    store: ResultsFile
+    done: set[tuple[str, str]] = field(default_factory=set)
+
+    @property
+    def total(self) -> int:
+        """Rows of the whole run (every prompt under every policy)."""
+        return len(self.policies) * len(self.examples)
+
+    @property
+    def model(self) -> ModelConfig:
+        """The one model every policy is evaluated on."""
+        return self.policies[0].model
+
+    def todo(self) -> list[tuple[Policy, list[Example]]]:
+        """Each policy with the examples it has no row for yet, in dataset order."""
+        return [(p, [ex for ex in self.examples if (p.name, ex.id) not in self.done])
+                for p in self.policies]
+
+    @property
+    def pending(self) -> int:
+        """Rows still to make."""
+        return sum(len(exs) for _, exs in self.todo())
+
+    def batches(self, batch_size: int) -> list[tuple[Policy, list[Example]]]:
+        """The pending rows cut into decode batches: per policy, ``batch_size`` examples at a
+        time, in order (a local run and a Ray run cut them alike, so their answers match)."""
+        return [(p, exs[start : start + batch_size]) for p, exs in self.todo()
+                for start in range(0, len(exs), batch_size)]
+
+
+def plan_run(
+    policies: Sequence[str | Path | Policy],
+    data: str | Path = "xstest",
+    *,
+    out: str | Path,
+    model: str | None = None,
+    backend: str | None = None,
+    limit: int | None = None,
+    max_new_tokens: int | None = None,
+    detector: str = "string_match",
+    judge_model: str | None = None,
+    probe_file: str | None = None,
+    batch_size: int = 4,
+) -> EvalPlan:
+    """Check the options, record (or check) the run's settings in ``out/run.json``, repair and
+    read ``out/results.jsonl`` and say what is left; loads no model (see :func:`run`)."""
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    pols = prepare_policies(policies, model=model, backend=backend, max_new_tokens=max_new_tokens)
+    refusal = refusal_config(detector, judge_model, pols[0], probe_file=probe_file)
+    examples = stratified_slice(load_dataset(data), limit)
+    out_dir = Path(out)
+    check_settings(
+        out_dir,
+        {
+            "dataset": str(data),
+            "limit": limit,
+            "model": pols[0].model.model_dump(),
+            "max_new_tokens": pols[0].sampling.max_new_tokens if max_new_tokens else None,
+            "detector": detector,
+            "judge_model": judge_model,
+            "probe_file": probe_file,
+            "policies": {p.name: p.model_dump(mode="json") for p in pols},
+        },
+    )
+    store = ResultsFile(out_dir)
+    stored = store.read(repair=True)
+    check_rows(store.path, stored, examples)
+    return EvalPlan(pols, examples, out_dir, refusal, store, {r.key for r in stored})
+
+
+class BatchRunner:
+    """One loaded model and refusal detector that answer and judge batches of one policy.
+
+    Made once per process that decodes: the local run makes one, a Ray run one per actor (each
+    loading its model once). ``model`` is the plan's model, possibly with load options of the
+    process's own (threads); the policies' own ``model`` sections are not read here.
+    """
+
+    def __init__(self, model: ModelConfig, refusal: RefusalConfig):
+        self.engine = get_engine(model)
+        self.judge = get_detector(refusal, self.engine)
+
+    def __call__(self, policy: Policy, batch: list[Example]) -> list[ResultRow]:
+        """The rows of ``batch`` under ``policy`` (see :func:`_run_batch`)."""
+        return _run_batch(self.engine, self.judge, policy, batch)
+
+
+def record(plan: EvalPlan, rows: Iterable[ResultRow], *, progress: bool = True,
+           on_row: OnRow | None = None, desc: str = "eval") -> int:
+    """Append each new row of ``rows`` to the plan's ``results.jsonl`` (durable before the next
+    is taken) under one progress bar; returns how many were written.
+
+    A row whose key is already recorded is not written again: a Ray run re-runs the shard of a
+    worker that died, and the file holds every ``(policy, id)`` exactly once. Such a row is
+    logged, never silently dropped.
+    """
+    written = 0
+    shown = ""
+    with tqdm(total=plan.total, initial=plan.total - plan.pending, desc=desc, unit="answer",
+              disable=not progress, dynamic_ncols=True) as bar:
+        for row in rows:
+            if row.key in plan.done:
+                log.warning("eval: row %r arrived again (a re-run shard); kept the first",
+                            row.key)
+                continue
+            if row.policy != shown:
+                shown = row.policy
+                bar.set_postfix_str(shown)
+            plan.store.append(row)
+            plan.done.add(row.key)
+            written += 1
+            bar.update(1)
+            if on_row is not None:
+                on_row(row)
+    return written
+
+
 def run(
     policies: Sequence[str | Path | Policy],
     data: str | Path = "xstest",
@@ -100,47 +234,15 @@ def run(
     refusal probe for ``detector="probe"`` (default: the shipped one). Returns the summary that
     was written to ``out/summary.json``.
     """
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    pols = prepare_policies(policies, model=model, backend=backend, max_new_tokens=max_new_tokens)
-    examples = stratified_slice(load_dataset(data), limit)
-    out_dir = Path(out)
-    check_settings(
-        out_dir,
-        {
-            "dataset": str(data),
-            "limit": limit,
-            "model": pols[0].model.model_dump(),
-            "max_new_tokens": pols[0].sampling.max_new_tokens if max_new_tokens else None,
-            "detector": detector,
-            "judge_model": judge_model,
-            "probe_file": probe_file,
-            "policies": {p.name: p.model_dump(mode="json") for p in pols},
-        },
-    )
-    store = ResultsFile(out_dir)
-    stored = store.read(repair=True)
-    check_rows(store.path, stored, examples)
-    done = {r.key for r in stored}
-    todo = [(p, [ex for ex in examples if (p.name, ex.id) not in done]) for p in pols]
-    total = len(pols) * len(examples)
-    pending = sum(len(exs) for _, exs in todo)
-    if pending:
-        engine = get_engine(pols[0].model)
-        judge = get_detector(
-            refusal_config(detector, judge_model, pols[0], probe_file=probe_file), engine
-        )
-        with tqdm(total=total, initial=total - pending, desc="eval", unit="answer",
-                  disable=not progress, dynamic_ncols=True) as bar:
-            for policy, exs in todo:
-                bar.set_postfix_str(policy.name)
-                for start in range(0, len(exs), batch_size):
-                    for row in _run_batch(engine, judge, policy, exs[start : start + batch_size]):
-                        store.append(row)
-                        bar.update(1)
-                        if on_row is not None:
-                            on_row(row)
-    return write_report(out_dir)
+    plan = plan_run(policies, data, out=out, model=model, backend=backend, limit=limit,
+                    max_new_tokens=max_new_tokens, detector=detector, judge_model=judge_model,
+                    probe_file=probe_file, batch_size=batch_size)
+    batches = plan.batches(batch_size)
+    if batches:
+        runner = BatchRunner(plan.model, plan.refusal)
+        rows = (row for policy, exs in batches for row in runner(policy, exs))
+        record(plan, rows, progress=progress, on_row=on_row)
+    return write_report(plan.out_dir)
 
 
 def refusal_config(

@@ -21,6 +21,7 @@ from guardrail.policy.problems import (
     from_validation_error,
 )
 from guardrail.policy.yamlsource import parse_yaml, read_bounded
+from guardrail.scale.config import RayServeSettings
 
 API_KEYS_ENV = "GUARDRAIL_API_KEYS"
 """Environment variable holding API keys, comma-separated (added to the configured ones)."""
@@ -77,6 +78,9 @@ class ServeConfig(BaseModel):
                                    "a larger one gets 413.")
     preload: bool = Field(True, description="Load the models (and train or read a prompt "
                           "probe) at startup with a one-token answer per served policy.")
+    ray: RayServeSettings | None = Field(None, description="Ray Serve deployment for `guardrail "
+                                         "serve --ray` (replicas, autoscaling, resources; "
+                                         "docs/scale.md); unused without --ray.")
 
     @field_validator("api_keys")
     @classmethod
