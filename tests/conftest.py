@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +93,18 @@ def lora_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     res = CliRunner().invoke(app, ["experts", "convert-lora", str(peft_dir), "-o", str(out)])
     assert res.exit_code == 0, res.output
     return out
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """A local Ray cluster for the whole session (Ray Serve and Ray Data tests share it): 2 CPUs,
+    no dashboard, started in this process and stopped at the end; yields its address (for CLI
+    runs in a subprocess, ``--address``). Skips when the ``ray`` extra is not installed."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    pytest.importorskip("ray.serve")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
