@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -65,21 +65,17 @@ def eval_command(
     report: Optional[Path] = typer.Option(  # noqa: UP007
         None, help="Only redraw summary.json, report.md, report.png from DIR/results.jsonl."
     ),
-    ray: bool = typer.Option(
-        False, "--ray", help="Decode on Ray actors (the 'ray' extra; docs/scale.md)."
-    ),
-    address: Optional[str] = typer.Option(  # noqa: UP007
-        None, help="Ray cluster to join with --ray ('auto': the one on this machine; default: "
-        "$RAY_ADDRESS, else the latest started here, else a new local one)."
-    ),
-    workers: Optional[int] = typer.Option(  # noqa: UP007
-        None, help="Ray actors decoding at once with --ray, each loading the model once "
-        "(default 1)."
-    ),
-    cpus_per_worker: Optional[float] = typer.Option(  # noqa: UP007
-        None, help="CPUs Ray reserves for each worker with --ray (default 1; llama.cpp uses "
-        "that many threads unless the policy sets n_threads)."
-    ),
+    ray: Annotated[bool, typer.Option(
+        "--ray", help="Decode on Ray actors (the 'ray' extra; docs/scale.md).")] = False,
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster to join with --ray ('auto': the one on this machine; default: "
+        "$RAY_ADDRESS, else the latest started here, else a new local one).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Ray actors decoding at once with --ray, each loading the model once "
+        "(default 1).")] = None,
+    cpus_per_worker: Annotated[float | None, typer.Option(
+        help="CPUs Ray reserves for each worker with --ray (default 1; llama.cpp uses that "
+        "many threads unless the policy sets n_threads).")] = None,
 ) -> None:
     """Run every prompt under every policy and write DIR/results.jsonl, summary.json, report.md
     and report.png. An interrupted run resumes where it stopped when re-run with the same DIR."""
@@ -93,11 +89,11 @@ def eval_command(
         else:
             if not policy or out is None:
                 raise typer.BadParameter("give --policy (one or more) and --out DIR, or --report DIR")
-            common: dict[str, Any] = dict(
-                out=out, model=model, backend=backend, limit=limit,
-                max_new_tokens=max_new_tokens, detector=detector, judge_model=judge_model,
-                probe_file=probe_file, batch_size=batch_size,
-            )
+            common: dict[str, Any] = {
+                "out": out, "model": model, "backend": backend, "limit": limit,
+                "max_new_tokens": max_new_tokens, "detector": detector,
+                "judge_model": judge_model, "probe_file": probe_file, "batch_size": batch_size,
+            }
             ray_options = {"--address": address, "--workers": workers,
                            "--cpus-per-worker": cpus_per_worker}
             if ray:
