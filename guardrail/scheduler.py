@@ -31,10 +31,12 @@ default unified cache the streams' cells interleave and an answer may drift (see
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import queue
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -65,6 +67,15 @@ T = TypeVar("T")
 RESERVED_STREAMS = 1
 """Stream slots the scheduler leaves free for probes that read the model between steps."""
 IDLE_EXIT_S = 2.0
+EXIT_JOIN_S = 10.0
+"""How long interpreter exit waits for each scheduler thread to finish its step."""
+_LIVE: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for scheduler in list(_LIVE):
+        scheduler.shutdown()
 """Seconds without work after which the scheduler's thread exits (it restarts on demand)."""
 POLL_S = 0.5
 """How often a waiting caller checks that the scheduler's thread is still alive."""
@@ -152,6 +163,21 @@ class Scheduler:
         self._steps = 0
         self._admitted = 0
         self._jobs: deque[_Job] = deque()
+        self._stopping = False
+        _LIVE.add(self)
+
+    def shutdown(self, timeout: float = EXIT_JOIN_S) -> None:
+        """Let the thread finish its step and end (at interpreter exit: a thread still inside
+        torch or llama.cpp when the process ends can abort it, "terminate called without an
+        active exception"). Later requests start it again."""
+        with self._cond:
+            self._stopping = True
+            thread = self._thread
+            self._cond.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        with self._cond:
+            self._stopping = False
 
     # ------------------------------------------------------------------ callers
 
@@ -314,9 +340,10 @@ class Scheduler:
     def _run(self) -> None:
         while True:
             with self._cond:
-                if not self._busy():
-                    self._cond.wait_for(self._busy, timeout=IDLE_EXIT_S)
-                    if not self._busy():
+                if self._stopping or not self._busy():
+                    self._cond.wait_for(lambda: self._busy() or self._stopping,
+                                        timeout=IDLE_EXIT_S)
+                    if self._stopping or not self._busy():
                         self._close_streams()
                         self._thread = None
                         return

@@ -136,3 +136,36 @@ def test_lora_sibling_context_does_not_abort(lora_file: Path) -> None:
     )
     batch, rows = map(int, out.split())
     assert batch <= 16 and rows > 16
+
+
+@pytest.mark.transformers
+@pytest.mark.parametrize("backend", ["transformers", "llamacpp"])
+def test_exit_right_after_a_generation(backend: str) -> None:
+    """The scheduler thread is still alive (idle for IDLE_EXIT_S) when a script ends; a thread
+    that ran torch and was still alive at exit aborted the interpreter in most runs on a busy
+    machine ("terminate called without an active exception", exit 134). An exit hook stops it:
+    checked here by a hook registered before guardrail's (atexit runs them last-in first-out,
+    so it runs after), which fails the script if a scheduler thread is still alive."""
+    if backend == "transformers":
+        pytest.importorskip("torch")
+    code = """
+        import atexit, os, sys, threading
+
+        def check():
+            alive = [t.name for t in threading.enumerate() if t.name == "guardrail-scheduler"]
+            if alive:
+                sys.stderr.write(f"scheduler threads alive at exit: {alive}\\n")
+                os._exit(3)
+
+        atexit.register(check)
+        from guardrail.loading import get_engine
+        from guardrail.policy import ModelConfig, load_policy
+        engine_cfg = ModelConfig(backend=sys.argv[1])
+        engine = get_engine(engine_cfg)
+        policy = load_policy("plain")
+        policy = policy.model_copy(update={"model": engine_cfg, "sampling":
+                                           policy.sampling.model_copy(update={"max_new_tokens": 2})})
+        g = engine.generate(policy, [{"role": "user", "content": "Hi"}])
+        print(len(g.token_ids))
+    """
+    assert run(code, backend).strip() == "2"
