@@ -221,6 +221,25 @@ class TransformersBackend(HiddenStatesMixin, Backend):
         self.reference_mask_token = reference_mask_token
         self._eot = self._find_end_of_turn()
 
+    def merge_lora(self, path: str | Path) -> None:
+        """Merge the PEFT LoRA adapter in directory ``path`` into the weights (``model.lora``):
+        the model then decodes at plain cost, as one with the adapter applied."""
+        p = Path(path).expanduser()
+        if not (p / "adapter_config.json").is_file():
+            raise ConfigError(f"model.lora: {str(p)!r} is not a PEFT adapter directory (no "
+                              "adapter_config.json); llama.cpp takes GGUF LoRA files")
+        try:
+            from peft import PeftModel
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise BackendError("model.lora on transformers needs peft: pip install "
+                               "'guardrail-decoding[experts]'") from e
+        try:
+            self.model = PeftModel.from_pretrained(self.model, str(p)).merge_and_unload()
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
+            raise ConfigError(f"model.lora: cannot apply {str(p)!r} to {self._name}: {e}") from e
+        self.model.eval()
+        self._name = f"{self._name}+{p.name}"
+
     def _pick_pad(self) -> int:
         tok = self.tokenizer
         for cand in (tok.pad_token_id, tok.eos_token_id, 0):

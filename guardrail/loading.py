@@ -18,6 +18,7 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 from guardrail.adapters.base import Backend
@@ -43,8 +44,12 @@ def _cache_key(cfg: ModelConfig) -> tuple[Any, ...]:
     path = str(resolve_model_path(cfg.path))
     if cfg.backend == "llamacpp":
         return (cfg.backend, path, cfg.n_ctx, cfg.n_threads, cfg.n_gpu_layers, cfg.n_streams,
-                cfg.kv)
-    return (cfg.backend, path, cfg.device, cfg.dtype, cfg.trust_remote_code)
+                cfg.kv, _lora_key(cfg))
+    return (cfg.backend, path, cfg.device, cfg.dtype, cfg.trust_remote_code, _lora_key(cfg))
+
+
+def _lora_key(cfg: ModelConfig) -> str | None:
+    return None if cfg.lora is None else str(Path(cfg.lora).expanduser().resolve())
 
 
 def max_models() -> int:
@@ -92,12 +97,16 @@ def _load_backend(cfg: ModelConfig) -> Backend:
             path, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers,
             n_seq_max=cfg.n_streams, kv=cfg.kv,
         )
+        if cfg.lora is not None:
+            backend = backend.with_lora(cfg.lora)
     elif cfg.backend == "transformers":
         from guardrail.adapters.transformers import TransformersBackend  # optional: torch
 
         backend = TransformersBackend(
             path, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
         )
+        if cfg.lora is not None:
+            backend.merge_lora(cfg.lora)
     else:  # pragma: no cover - the schema rejects it first
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
     load_count += 1

@@ -54,3 +54,9 @@ class ModelConfig(_Strict):
     trust_remote_code: Bool = Field(
         False, description="Let transformers run code shipped with the model. Off by default."
     )
+    lora: str | None = Field(
+        None, min_length=1,
+        description="A LoRA adapter applied to the whole model (e.g. `guardrail train porover`'s): "
+        "transformers merges a PEFT adapter directory into the weights on load (no decode cost); "
+        "llama.cpp applies a GGUF LoRA file to the model's context.",
+    )
