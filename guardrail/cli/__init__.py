@@ -10,6 +10,7 @@ from guardrail.cli import experts as experts_cli
 from guardrail.cli import refusal as refusal_cli
 from guardrail.cli import router as router_cli
 from guardrail.cli import serve as serve_cli
+from guardrail.cli import train as train_cli
 from guardrail.cli import tune as tune_cli
 
 app = typer.Typer(
@@ -21,7 +22,7 @@ app = typer.Typer(
 
 
 for _module in (demo, policy, chat, eval_cli, router_cli, experts_cli, tune_cli, refusal_cli,
-                serve_cli):
+                serve_cli, train_cli):
     _module.register(app)
 
 __all__ = ["app"]
