@@ -137,6 +137,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backend", choices=["transformers", "llamacpp"], default="transformers")
+    ap.add_argument("--trained", type=Path, default=None,
+                    help="Also time the faithful mode on the experts and router written by "
+                         "`guardrail train experts --out DIR` for the embedded model.")
     args = ap.parse_args()
     if args.backend == "llamacpp":
         _report(bench_llamacpp(args.tokens, args.repeats))
@@ -169,6 +172,11 @@ def main() -> None:
         times = {k: f() for k, f in modes.items()}
         with mix.attached():
             times["faithful folded"] = run(FaithfulRule(mix))
+        if args.trained is not None:
+            d = args.trained
+            trained = load_mix(model, d / "safety", d / "helpfulness", d / "router.safetensors")
+            with trained.attached():
+                times["faithful, trained experts"] = run(FaithfulRule(trained))
     _report(times)
 
 
