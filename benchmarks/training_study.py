@@ -30,6 +30,7 @@ from pathlib import Path
 from guardrail import eval as ev
 from guardrail.eval.results import ResultsFile
 from guardrail.policy import load_policy
+from guardrail.policy.loader import with_overrides
 from guardrail.training.dpo import LoraSettings
 from guardrail.training.pipeline import train_experts, train_porover
 from guardrail.training.preferences import generate_preferences
@@ -80,7 +81,13 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=48, help="Answer length, both stages.")
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--samples", type=int, default=2, help="Answers per teacher and prompt.")
+    ap.add_argument("--temperature", type=float, default=0.7)
     args = ap.parse_args()
+    threads = {} if args.threads is None else {"model": {"n_threads": args.threads}}
+
+    def policy(ref):  # type: ignore[no-untyped-def]
+        return with_overrides(load_policy(ref), threads) if threads else load_policy(ref)
     clock: dict[str, float] = {}
 
     def stage(name: str, fn):  # type: ignore[no-untyped-def]
@@ -92,9 +99,9 @@ def main() -> None:
 
     prefs = args.out / "preferences"
     stage("preferences", lambda: generate_preferences(
-        "calibration", prefs, teachers=["plain", "balanced", "safety_prompt"], samples=2,
-        temperature=0.7, max_new_tokens=args.tokens, model=args.model, backend="llamacpp",
-        batch_size=8))
+        "calibration", prefs, teachers=["plain", "balanced", "safety_prompt"],
+        samples=args.samples, temperature=args.temperature, max_new_tokens=args.tokens, model=args.model, backend="llamacpp",
+        batch_size=8, threads=args.threads))
     lora = LoraSettings(learning_rate=args.lr, epochs=args.epochs, threads=args.threads)
     router = RouterSettings(threads=args.threads)
     experts = stage("experts", lambda: train_experts(prefs / "pairs.jsonl", args.out / "experts",
@@ -103,12 +110,12 @@ def main() -> None:
     porover = stage("porover", lambda: train_porover(prefs / "pairs.jsonl", args.out / "porover",
                                                       model=args.model, lora=lora))
     data = scoring_set(args.shared, args.out / "scoring.jsonl")
-    trained = load_policy(experts.files["policy-portable"])
+    trained = policy(experts.files["policy-portable"])
     runs = {"main": args.out / "eval", "porover": args.out / "eval-porover"}
-    stage("eval", lambda: ev.run(["plain", "balanced", trained], data, out=runs["main"],
+    stage("eval", lambda: ev.run([policy("plain"), policy("balanced"), trained], data, out=runs["main"],
                                  model=args.model, backend="llamacpp",
                                  max_new_tokens=args.tokens, batch_size=8, detector="probe"))
-    stage("eval porover", lambda: ev.run([load_policy(porover.files["policy-llamacpp"])], data,
+    stage("eval porover", lambda: ev.run([policy(porover.files["policy-llamacpp"])], data,
                                          out=runs["porover"], max_new_tokens=args.tokens,
                                          batch_size=8, detector="probe"))
     for name, run_dir in runs.items():

@@ -68,6 +68,8 @@ def preferences(
     limit: Optional[int] = typer.Option(None, "--limit", help="Use N prompts, taken in turn "
                                         "from each type."),
     batch_size: int = typer.Option(4, "--batch-size", help="Prompts decoded together."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="llama.cpp threads "  # noqa: UP007
+                                          "(default: llama.cpp's own)."),
 ) -> None:
     """Over-generate answers with teacher policies, decide each with a refusal detector, and
     write preference pairs (harmful: refusal > compliance; harmless: answer > refusal)."""
@@ -78,7 +80,7 @@ def preferences(
             data, out, teachers=teacher or DEFAULT_TEACHERS, samples=samples,
             temperature=temperature, max_new_tokens=max_new_tokens, model=model,
             backend=backend, detector=detector, probe_file=probe_file, per_prompt=per_prompt,
-            limit=limit, batch_size=batch_size)
+            limit=limit, batch_size=batch_size, threads=threads)
     except GuardrailError as e:
         raise _fail(e) from e
     typer.echo(f"{counts.pairs} pairs ({counts.safety_pairs} safety, {counts.helpfulness_pairs} "

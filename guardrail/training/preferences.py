@@ -36,6 +36,7 @@ from guardrail.eval.results import ResultRow, ResultsFile
 from guardrail.eval.runner import prepare_policies, refusal_config
 from guardrail.eval.runner import run as run_eval
 from guardrail.policy import Policy, load_policy
+from guardrail.policy.loader import with_overrides
 from guardrail.policy.schema import MatchRule
 from guardrail.training.pairs import Answer, AnswerSource, PreferencePair, make_pairs, write_pairs
 
@@ -174,16 +175,21 @@ def generate_preferences(
     per_prompt: int = 2,
     limit: int | None = None,
     batch_size: int = 4,
+    threads: int | None = None,
     progress: bool = True,
 ) -> PairCounts:
     """Over-generate, decide and pair (see the module docstring); returns the counts written to
     ``OUT/pairs.json``. ``data`` is ``calibration`` (shipped), ``xstest`` or a CSV/JSONL path
-    with ``prompt`` and ``label`` (safe/unsafe)."""
+    with ``prompt`` and ``label`` (safe/unsafe). ``threads``: llama.cpp threads of the model."""
     out_dir = Path(out)
     if str(data) == SHIPPED_DATA:
         data = calibration_dataset(out_dir / "prompts.jsonl")
     policies = sampled_teachers(teachers, samples=samples, temperature=temperature,
                                 max_new_tokens=max_new_tokens)
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {threads}")
+        policies = [with_overrides(p, {"model": {"n_threads": threads}}) for p in policies]
     policies = prepare_policies(policies, model=model, backend=backend)
     run_eval(policies, data, out=out_dir / "answers", limit=limit, detector=detector,
              probe_file=probe_file, batch_size=batch_size, progress=progress)
