@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -81,21 +80,27 @@ def sharded_rows(plan: EvalPlan, batches: Sequence[tuple[Policy, list[Example]]]
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
+    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars,
+             ctx.print_on_execution_start)
     ctx.execution_options.preserve_order = True  # rows in the order a local run writes them
     ctx.enable_progress_bars = False  # one bar, the driver's, counts the whole cluster
     ctx.print_on_execution_start = False
-    items = [{"policy": p.name, "examples": json.dumps([e.model_dump() for e in exs])}
-             for p, exs in batches]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))  # a batch per block
-    ds = ds.map_batches(
-        EvalWorker, batch_size=1, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker,
-        fn_constructor_kwargs={"policies": plan.policies,
-                               "model": worker_model(plan.model, cpus_per_worker),
-                               "refusal": plan.refusal},
-    )
-    for row in ds.iter_rows():
-        yield ResultRow.model_validate_json(row["row"])
+    try:
+        items = [{"policy": p.name, "examples": json.dumps([e.model_dump() for e in exs])}
+                 for p, exs in batches]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))  # a batch per block
+        ds = ds.map_batches(
+            EvalWorker, batch_size=1, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker,
+            fn_constructor_kwargs={"policies": plan.policies,
+                                   "model": worker_model(plan.model, cpus_per_worker),
+                                   "refusal": plan.refusal},
+        )
+        for row in ds.iter_rows():
+            yield ResultRow.model_validate_json(row["row"])
+    finally:  # the caller's own Ray Data settings, as they were
+        (ctx.execution_options.preserve_order, ctx.enable_progress_bars,
+         ctx.print_on_execution_start) = saved
 
 
 def run_ray(
@@ -116,14 +121,12 @@ def run_ray(
     batch_size: int = 4,
     progress: bool = True,
     on_row: OnRow | None = None,
-    on_connect: Callable[[Any], None] | None = None,
 ) -> EvalSummary:
     """:func:`guardrail.eval.run` with the decoding on ``workers`` Ray actors of
     ``cpus_per_worker`` CPUs each, on the cluster at ``address`` (see
     :func:`~guardrail.scale.ray_runtime.connect`); same files, same resume.
 
-    ``on_connect`` is called with the ``ray`` module once connected (the benchmark times the
-    start-up with it). Ray is imported first: without the extra this fails at once.
+    Ray is imported first: without the extra this fails at once, before anything is written.
     """
     import_ray("data")
     check_options(workers, cpus_per_worker)
@@ -132,9 +135,7 @@ def run_ray(
                     probe_file=probe_file, batch_size=batch_size)
     batches = plan.batches(batch_size)
     if batches:
-        ray = connect(address, "data")
-        if on_connect is not None:
-            on_connect(ray)
+        connect(address, "data")
         rows = sharded_rows(plan, batches, workers=workers, cpus_per_worker=cpus_per_worker)
         record(plan, rows, progress=progress, on_row=on_row, desc=f"eval ({workers} ray workers)")
     return write_report(plan.out_dir)
