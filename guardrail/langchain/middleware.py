@@ -28,6 +28,7 @@ from guardrail.langchain.chat_model import GuardedChatModel
 from guardrail.langchain.options import CALL_OPTIONS, STRATEGY_OPTIONS
 from guardrail.errors import ConfigError
 from guardrail.policy import Policy
+from guardrail.policy.loader import default_policy_name
 
 logger = logging.getLogger("guardrail.middleware")
 
@@ -53,7 +54,8 @@ class GuardrailMiddleware(AgentMiddleware):  # type: ignore[type-arg]
     """Agent middleware that decodes every model call under a guardrail policy.
 
     Args:
-        policy: shipped policy name, YAML path or ``Policy`` for every model call.
+        policy: shipped policy name, YAML path or ``Policy`` for every model call; None:
+            ``$GUARDRAIL_POLICY``, else ``balanced``.
         on_step: called with each step's guardrail metadata (after the step).
         **options: per-call options applied to every step (``max_new_tokens``,
             ``temperature``, ``alpha``, ``lam``, ``beta``, ``steps``, ``safety_prompt``, ...).
@@ -61,7 +63,7 @@ class GuardrailMiddleware(AgentMiddleware):  # type: ignore[type-arg]
 
     def __init__(
         self,
-        policy: str | Path | Policy = "adacd",
+        policy: str | Path | Policy | None = None,
         *,
         on_step: StepCallback | None = None,
         **options: Any,
@@ -71,6 +73,8 @@ class GuardrailMiddleware(AgentMiddleware):  # type: ignore[type-arg]
         if bad:
             allowed = ", ".join(k for k in CALL_OPTIONS if k != "policy")
             raise ConfigError(f"GuardrailMiddleware: unknown option {bad[0]!r}; allowed: {allowed}")
+        if policy is None:
+            policy = default_policy_name()
         # Validate the policy and options now (cheap: no model is loaded).
         GuardedChatModel(policy=policy if isinstance(policy, Policy) else str(policy), **options)
         self.policy: str | Policy = policy if isinstance(policy, Policy) else str(policy)
