@@ -1,7 +1,9 @@
 """Render a Jinja chat template the way Hugging Face ``apply_chat_template`` does.
 
 GGUF files carry the model's template as ``tokenizer.chat_template``; llama.cpp backends render it
-here so both backends produce the same prompt text for the same messages.
+here so both backends produce the same prompt text for the same messages. Like transformers, it
+knows ``{% generation %}...{% endgeneration %}`` (which marks the assistant's part of a template
+for training masks) and renders its body.
 """
 
 from __future__ import annotations
@@ -13,7 +15,24 @@ from functools import lru_cache
 from typing import Any
 
 import jinja2
+import jinja2.ext  # `import jinja2` alone does not load the extensions module
+import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+
+class _GenerationTag(jinja2.ext.Extension):
+    """``{% generation %}...{% endgeneration %}``: rendered as its body."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: Any) -> jinja2.nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        call = self.call_method("_body")
+        return jinja2.nodes.CallBlock(call, [], [], body).set_lineno(lineno)
+
+    def _body(self, caller: Any) -> str:
+        return str(caller())
 
 
 def _raise_exception(message: str) -> None:
@@ -35,7 +54,7 @@ def _strftime_now(fmt: str) -> str:
 @lru_cache(maxsize=16)
 def _compile(template: str) -> jinja2.Template:
     env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
+        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols, _GenerationTag]
     )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
