@@ -27,6 +27,7 @@ from typing import Any, Literal
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
+from langchain_core.language_models.model_profile import ModelProfile
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
@@ -160,6 +161,26 @@ class GuardedChatModel(BaseChatModel):
         from guardrail.langchain import calls  # (tests point calls.get_engine at a fake model)
 
         return calls.get_engine(self._policy_for({}).model)
+
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        """The profile LangChain reads (``create_agent``, SummarizationMiddleware's fractional
+        triggers): from the policy's model section, without loading the model."""
+        from guardrail.langchain.counting import model_profile
+
+        return model_profile(self._policy_for({}))
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """``text``'s token ids by the guarded model's own tokenizer (no special tokens)."""
+        return self.engine().backend.tokenize_text(text)
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """Tokens of the prompt the model reads for ``messages`` (chat template, deployment
+        system prompt, ``tools`` rendered as a call renders them), by its own tokenizer."""
+        from guardrail.langchain.counting import prompt_ids
+
+        return len(prompt_ids(self.engine(), self._policy_for({}), messages, tools))
 
     def _instance_options(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in _INSTANCE_OPTIONS if getattr(self, k) is not None}
