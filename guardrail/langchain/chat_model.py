@@ -217,7 +217,7 @@ class GuardedChatModel(BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         s = self._policy_obj.sampling
         path = self._policy_obj.model.path
-        label = Path(EMBEDDED_FILE).stem if path is None else Path(path).name
+        label = Path(EMBEDDED_FILE).name if path is None else Path(path).name  # = model_name
         params = LangSmithParams(
             ls_provider="guardrail",
             ls_model_name=kwargs.get("model") or label,

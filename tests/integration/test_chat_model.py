@@ -99,6 +99,8 @@ def test_identifying_and_ls_params() -> None:
     assert ls["ls_provider"] == "guardrail" and ls["ls_max_tokens"] == 6
     assert ls["ls_stop"] == ["x"]
     assert model._get_ls_params(model="other")["ls_model_name"] == "other"
+    answer = model.invoke("hi")  # LangSmith's model name and the response's name the same thing
+    assert ls["ls_model_name"] == answer.response_metadata["model_name"]
 
 
 # ------------------------------------------------------------------ generation
