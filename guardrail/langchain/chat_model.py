@@ -52,7 +52,7 @@ from guardrail.langchain.options import (
 from guardrail.engine import Engine
 from guardrail.errors import ConfigError
 from guardrail.models import EMBEDDED_FILE
-from guardrail.policy import Policy
+from guardrail.policy import Policy, PolicySource
 from guardrail.policy.loader import default_policy_name
 from guardrail.policy.schema import CallerRights
 from guardrail.langchain.tool_calls import check_tools, normalise_tool_choice
@@ -83,10 +83,11 @@ class GuardedChatModel(BaseChatModel):
 
     model_config = ConfigDict(populate_by_name=True, extra="forbid", protected_namespaces=())
 
-    policy: str | Policy = Field(
+    policy: str | Policy | PolicySource = Field(
         default_factory=default_policy_name,
-        description="Shipped policy name (plain, adacd, ...), a YAML path, or a Policy; by "
-        "default $GUARDRAIL_POLICY, else balanced (read when the model is built).",
+        description="Shipped policy name (plain, adacd, ...), a YAML path, a Policy, or a "
+        "PolicySource (follows its file: an edit reaches the next call, a bad edit keeps the "
+        "last good policy); by default $GUARDRAIL_POLICY, else balanced.",
     )
     model: str | None = Field(None, description="GGUF file or model directory; None uses the "
                               "policy's model (by default the embedded SmolLM2-135M-Instruct).")

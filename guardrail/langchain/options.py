@@ -19,7 +19,7 @@ from langchain_core.runnables import RunnableConfig
 from pydantic import ValidationError
 
 from guardrail.errors import ConfigError
-from guardrail.policy import Policy, load_policy, with_overrides
+from guardrail.policy import Policy, PolicySource, load_policy, with_overrides
 from guardrail.policy.callers import Registry, check_options, resolve_switch, switched
 from guardrail.policy.loader import load_policy_file, resolve_policy_ref, shipped_policies
 from guardrail.policy.schema import CallerRights
@@ -85,14 +85,18 @@ def _load_policy_path(path: Path) -> Policy:
     return loaded.policy
 
 
-def as_policy(value: str | Path | Policy) -> Policy:
+def as_policy(value: str | Path | Policy | PolicySource) -> Policy:
     """A shipped policy by name (loaded once), a YAML file (loaded again when it or a file it
-    extends has changed since it was last loaded), or the ``Policy`` itself."""
+    extends has changed since it was last loaded), the ``Policy`` itself, or a
+    :class:`~guardrail.policy.PolicySource`'s current policy (it follows its file and keeps the
+    last good policy when an edit does not load)."""
     if isinstance(value, Policy):
         return value
+    if isinstance(value, PolicySource):
+        return value.get()
     if not isinstance(value, (str, Path)):
         raise ConfigError(
-            f"policy: expected a shipped policy name, a YAML path or a Policy, "
+            f"policy: expected a shipped policy name, a YAML path, a Policy or a PolicySource, "
             f"got {type(value).__name__}"
         )
     text = str(value)
@@ -165,7 +169,8 @@ def _override(
 
 
 def build_policy(
-    base: str | Path | Policy, instance: Mapping[str, Any], call: Mapping[str, Any], *,
+    base: str | Path | Policy | PolicySource, instance: Mapping[str, Any],
+    call: Mapping[str, Any], *,
     rights: CallerRights | None = None, registry: Registry | None = None,
     names: Mapping[str, str] | None = None,
 ) -> Policy:
