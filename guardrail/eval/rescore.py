@@ -70,6 +70,6 @@ def rescore(
                         v = next(verdicts)
                         store.append(row.model_copy(update={
                             "refused": v.refused, "detector": v.detector,
-                            "refusal_label": v.label}))
+                            "refusal_label": v.label, "refusal_score": v.score}))
                     bar.update(1)
     return write_report(dst)

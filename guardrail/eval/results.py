@@ -48,6 +48,9 @@ class ResultRow(BaseModel):
     refused: bool
     detector: str = Field(description="Detector that decided `refused` (e.g. string_match).")
     refusal_label: str = Field("", description="full_compliance, full_refusal, partial_refusal.")
+    refusal_score: float | None = Field(
+        None, ge=0, le=1, description="P(refusal) from a detector that computes one (the refusal "
+        "probe); null otherwise and in older files.")
     new_tokens: int
     prompt_tokens: int = 0
     finish_reason: str = ""

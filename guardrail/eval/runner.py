@@ -348,6 +348,7 @@ def _run_batch(engine: Engine, judge: Detector, policy: Policy, batch: list[Exam
         out.append(ResultRow(
             id=ex.id, prompt=ex.prompt, label=ex.label, type=ex.type, policy=policy.name,
             response=r["text"], refused=v.refused, detector=v.detector, refusal_label=v.label,
+            refusal_score=v.score,
             new_tokens=r["new_tokens"], prompt_tokens=r["prompt_tokens"],
             finish_reason=r["finish_reason"], seconds=seconds, modes=r["modes"],
             error=r.get("error", ""), prompt_sha256=prompt_hash(ex.prompt),

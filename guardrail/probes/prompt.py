@@ -63,14 +63,24 @@ def _shipped_rows(name: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(raw)))
 
 
+def calibration_rows() -> list[dict[str, str]]:
+    """The calibration prompts (430) as rows with ``id``, ``prompt``, ``label`` (safe/unsafe)
+    and ``type``: the shipped XSTest prompts whose row index is not a multiple of 3 (300 of
+    450; rows 0, 3, 6, ... are left for evaluation; ids ``xstest-N``), the JailbreakBench
+    harmful behaviours with an even index (50; the odd ones are left for evaluation) and the
+    Vicuna-Bench questions (80 harmless). Nothing that scores a method is among them."""
+    rows = [{"id": f"xstest-{r['id']}", "prompt": r["prompt"], "label": r["label"],
+             "type": r.get("type", "")}
+            for i, r in enumerate(_shipped_rows("xstest_prompts.csv")) if i % 3 != 0]
+    rows += [{"id": r["id"], "prompt": r["prompt"], "label": r["label"],
+              "type": r.get("source", "")} for r in _shipped_rows("calibration_extra.csv")]
+    return rows
+
+
 def calibration_prompts() -> tuple[list[str], list[bool]]:
-    """The prompts an ``auto`` probe is trained on (430): the shipped XSTest prompts whose row
-    index is not a multiple of 3 (300 of 450; rows 0, 3, 6, ... are left for evaluation), the
-    JailbreakBench harmful behaviours with an even index (50; the odd ones are left for
-    evaluation) and the Vicuna-Bench questions (80 harmless). XSTest alone is short questions;
-    the probe it gives misses most harmful instructions ("Write a ...")."""
-    rows = [r for i, r in enumerate(_shipped_rows("xstest_prompts.csv")) if i % 3 != 0]
-    rows += _shipped_rows("calibration_extra.csv")
+    """The prompts an ``auto`` probe is trained on (:func:`calibration_rows`). XSTest alone is
+    short questions; the probe it gives misses most harmful instructions ("Write a ...")."""
+    rows = calibration_rows()
     return [r["prompt"] for r in rows], [r["label"] == "unsafe" for r in rows]
 
 

@@ -21,13 +21,15 @@ class RefusalResult:
     """Whether an answer refuses, which detector said so, and the class it chose.
 
     ``raw`` keeps a judge's own output text (empty for keyword detectors) so that a surprising
-    decision can be checked by eye.
+    decision can be checked by eye; ``score`` is the probability of a refusal from a detector
+    that computes one (None otherwise).
     """
 
     refused: bool
     detector: str
     label: str = ""
     raw: str = ""
+    score: float | None = None  # P(refusal) where the detector has one (the refusal probe)
 
 
 @runtime_checkable

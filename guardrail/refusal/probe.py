@@ -149,7 +149,7 @@ class RefusalProbeDetector:
         for p in self.scores(pairs):
             refused = bool(p >= self.threshold)
             label = "full_refusal" if refused else "full_compliance"
-            out.append(RefusalResult(refused, self.name, label, f"P(refusal)={p:.3f}"))
+            out.append(RefusalResult(refused, self.name, label, f"P(refusal)={p:.3f}", float(p)))
         return out
 
     def __repr__(self) -> str:

@@ -25,19 +25,18 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from guardrail.decoding.adacd import DEFAULT_SAFETY_PROMPT
 from guardrail.errors import ConfigError
 from guardrail.eval.datasets import Example, load_dataset, stratified_slice
 from guardrail.eval.results import ResultRow, ResultsFile
-from guardrail.eval.runner import prepare_policies, refusal_config
+from guardrail.eval.runner import prepare_policies
 from guardrail.eval.runner import run as run_eval
 from guardrail.policy import Policy, load_policy
 from guardrail.policy.loader import with_overrides
-from guardrail.policy.schema import MatchRule
+from guardrail.policy.schema import MatchRule, SamplingConfig
 from guardrail.training.pairs import Answer, AnswerSource, PreferencePair, make_pairs, write_pairs
 
 SAFETY_PROMPT_TEACHER = "safety_prompt"
@@ -95,10 +94,14 @@ def sampled_teachers(
             raise ConfigError(f"--teacher {spec!r}: a teacher's name may not contain "
                               f"{SEED_SEP!r} (it separates the seed)")
         for seed in range(samples):
-            sampling = base.sampling.model_copy(update={
-                "temperature": temperature, "seed": seed if temperature > 0 else None,
-                "max_new_tokens": max_new_tokens,
-            })
+            try:  # validated: model_copy(update=...) would take any value
+                sampling = SamplingConfig.model_validate({
+                    **base.sampling.model_dump(), "temperature": temperature,
+                    "seed": seed if temperature > 0 else None, "max_new_tokens": max_new_tokens,
+                })
+            except ValidationError as e:
+                raise ConfigError(f"--max-new-tokens / --temperature: {e.errors()[0]['msg']} "
+                                  f"(got {max_new_tokens}, {temperature})") from None
             out.append(base.model_copy(update={"name": f"{base.name}{SEED_SEP}{seed}",
                                                 "sampling": sampling}))
     return out
@@ -107,40 +110,32 @@ def sampled_teachers(
 def calibration_dataset(path: Path) -> Path:
     """Write the shipped calibration prompts (XSTest rows whose index is not a multiple of 3,
     JailbreakBench's even rows, Vicuna-Bench) as an evaluation JSONL at ``path``."""
-    from guardrail.probes.prompt import _shipped_rows
+    from guardrail.probes.prompt import calibration_rows
 
-    rows = [dict(r, id=f"xstest-{r['id']}") for i, r in
-            enumerate(_shipped_rows("xstest_prompts.csv")) if i % 3 != 0]
-    rows += _shipped_rows("calibration_extra.csv")
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps({"id": r["id"], "prompt": r["prompt"], "label": r["label"],
-                               "type": r.get("type") or r.get("source", "")}) + "\n"
-                   for r in rows)
+                               "type": r["type"]}) + "\n" for r in calibration_rows())
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
         path.write_text(text, encoding="utf-8")
     return path
 
 
-def _p_refusal(rows: list[ResultRow], detector: str, probe_file: str | None,
-               policy: Policy) -> list[float]:
-    """P(refusal) of each answer: the refusal probe's probability, or 1/0 for other detectors."""
-    if detector != "probe":
-        return [1.0 if r.refused else 0.0 for r in rows]
-    from guardrail.refusal import get_detector
-
-    judge: Any = get_detector(refusal_config(detector, None, policy, probe_file=probe_file))
-    return [float(p) for p in judge.scores([(r.prompt, r.response) for r in rows])]
+def p_refusal(row: ResultRow) -> float:
+    """P(refusal) of an answer: the refusal probe's probability as the run recorded it, or 1/0
+    from the decision of a detector without one."""
+    if row.refusal_score is not None:
+        return row.refusal_score
+    return 1.0 if row.refused else 0.0
 
 
 def build_pairs(
-    rows: list[ResultRow], examples: list[Example], p_refusal: list[float], *,
-    per_prompt: int,
+    rows: list[ResultRow], examples: list[Example], *, per_prompt: int,
 ) -> tuple[list[PreferencePair], dict[str, int], int]:
     """Pairs from answered rows, with counts of dropped answers by reason and of prompts
     that gave no pair."""
     dropped: dict[str, int] = defaultdict(int)
     by_prompt: dict[str, list[Answer]] = defaultdict(list)
-    for r, p in zip(rows, p_refusal):
+    for r in rows:
         reason = ("error" if r.failed else "blocked" if r.finish_reason == "blocked"
                   else "empty" if not r.response.strip() else "")
         if reason:
@@ -149,7 +144,7 @@ def build_pairs(
         teacher, _, seed = r.policy.rpartition(SEED_SEP)
         by_prompt[r.id].append(Answer(r.response, AnswerSource(
             teacher=teacher, seed=int(seed) if seed.isdigit() else None, refused=r.refused,
-            p_refusal=min(1.0, max(0.0, p)), detector=r.detector)))
+            p_refusal=p_refusal(r), detector=r.detector)))
     pairs: list[PreferencePair] = []
     empty = 0
     for ex in examples:
@@ -195,8 +190,7 @@ def generate_preferences(
              probe_file=probe_file, batch_size=batch_size, progress=progress)
     examples = stratified_slice(load_dataset(data), limit)
     rows = ResultsFile(out_dir / "answers").read()
-    scores = _p_refusal(rows, detector, probe_file, policies[0])
-    pairs, dropped, empty = build_pairs(rows, examples, scores, per_prompt=per_prompt)
+    pairs, dropped, empty = build_pairs(rows, examples, per_prompt=per_prompt)
     write_pairs(pairs, out_dir / "pairs.jsonl")
     counts = PairCounts(
         prompts=len(examples), answers=len(rows), pairs=len(pairs),

@@ -76,7 +76,7 @@ def test_build_pairs_drops_and_counts() -> None:
             _row("u1", "plain@1", "", False, finish_reason="error", error="too long"),
             _row("s1", "plain@0", "", False, finish_reason="blocked"),
             _row("s1", "plain@1", "   ", False)]
-    pairs, dropped, empty = build_pairs(rows, ex, [0.0, 1.0, 0.0, 0.0, 0.0], per_prompt=2)
+    pairs, dropped, empty = build_pairs(rows, ex, per_prompt=2)
     assert [(p.id, p.chosen_from.teacher, p.chosen_from.seed) for p in pairs] == [
         ("u1#0", "refusal", 0)]
     assert dropped == {"error": 1, "blocked": 1, "empty": 1} and empty == 1
@@ -117,6 +117,8 @@ def test_teachers() -> None:
         sampled_teachers(["plain"], samples=0, temperature=0.5, max_new_tokens=4)
     with pytest.raises(ConfigError, match="--teacher"):
         sampled_teachers([], samples=1, temperature=0.5, max_new_tokens=4)
+    with pytest.raises(ConfigError, match="--max-new-tokens"):
+        sampled_teachers(["plain"], samples=1, temperature=0.5, max_new_tokens=0)
 
 
 def test_calibration_dataset(tmp_path: Path) -> None:
@@ -126,3 +128,17 @@ def test_calibration_dataset(tmp_path: Path) -> None:
     assert len(rows) == 430 and len({r.id for r in rows}) == 430
     assert {r.label for r in rows} == {"safe", "unsafe"}
     assert not any(r.id == "xstest-1" for r in rows)  # row index 0: left for evaluation
+
+
+def test_pairs_take_the_recorded_probe_score() -> None:
+    """The refusal probe's P(refusal) is recorded with each row (refusal_score) and becomes the
+    answer's score; rows without one (keyword detector) score 1/0 by their decision."""
+    ex = [Example(id="u1", prompt="prompt u1", label="unsafe")]
+    rows = [_row("u1", "plain@0", "do it", False, refusal_score=0.25),
+            _row("u1", "refusal@0", REFUSAL, True, refusal_score=0.75)]
+    (pair,), _, _ = build_pairs(rows, ex, per_prompt=2)
+    assert (pair.score_chosen, pair.score_rejected) == (0.75, 0.25)
+    assert pair.margin == pytest.approx(0.5)
+    (plain,), _, _ = build_pairs([r.model_copy(update={"refusal_score": None}) for r in rows],
+                                 ex, per_prompt=2)
+    assert (plain.score_chosen, plain.score_rejected) == (1.0, 0.0)
