@@ -57,6 +57,22 @@ def find_down_projs(model: torch.nn.Module) -> dict[int, torch.nn.Linear]:
     return found
 
 
+def lora_pair(e: LoraExpert, i: int, mod: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expert ``e``'s ``(A, B)`` for layer ``i``'s down projection ``mod``: a zero delta of the
+    expert's rank where it does not adapt that layer; an :class:`AdapterError` when its shapes
+    are not the layer's (an adapter made for another model)."""
+    if i not in e.A:
+        return (torch.zeros(e.rank, mod.in_features), torch.zeros(mod.out_features, e.rank))
+    A, B = e.A[i], e.B[i]
+    if A.shape[1] != mod.in_features or B.shape[0] != mod.out_features:
+        raise AdapterError(
+            f"{e.name} expert ({str(e.path)!r}): layer {i} down_proj is "
+            f"{mod.in_features}→{mod.out_features} but the adapter has lora_A "
+            f"{tuple(A.shape)} and lora_B {tuple(B.shape)}: adapter made for another model?"
+        )
+    return A, B
+
+
 @dataclass
 class _Layer:
     M: torch.Tensor        # [2r (+2), d_in]: A_s, A_h (and folded router rows w_α, w_β)
@@ -96,21 +112,9 @@ class ExpertMix:
         for i, mod in downs.items():
             self._layers[i] = self._prepare(i, mod)
 
-    def _pair(self, e: LoraExpert, i: int, mod: torch.nn.Linear) -> tuple[torch.Tensor, ...]:
-        if i not in e.A:  # layer not adapted by this expert: a zero delta of the same rank
-            return (torch.zeros(e.rank, mod.in_features), torch.zeros(mod.out_features, e.rank))
-        A, B = e.A[i], e.B[i]
-        if A.shape[1] != mod.in_features or B.shape[0] != mod.out_features:
-            raise AdapterError(
-                f"{e.name} expert ({str(e.path)!r}): layer {i} down_proj is "
-                f"{mod.in_features}→{mod.out_features} but the adapter has lora_A "
-                f"{tuple(A.shape)} and lora_B {tuple(B.shape)}: adapter made for another model?"
-            )
-        return A, B
-
     def _prepare(self, i: int, mod: torch.nn.Linear) -> _Layer:
         w = mod.weight
-        (A_s, B_s), (A_h, B_h) = self._pair(self.safety, i, mod), self._pair(self.helpfulness, i, mod)
+        (A_s, B_s), (A_h, B_h) = lora_pair(self.safety, i, mod), lora_pair(self.helpfulness, i, mod)
         rows, bias = [A_s, A_h], None
         if isinstance(self.router, FoldedGates):
             if self.router.hidden != mod.in_features:

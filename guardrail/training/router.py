@@ -94,21 +94,14 @@ class _Gates:
         self.gates: list[Any] = []
         self._handles: list[Any] = []
 
-    def _pair(self, e: Any, i: int, mod: Any) -> tuple[Any, Any]:
-        import torch
-
-        if i not in e.A:
-            return torch.zeros(e.rank, mod.in_features), torch.zeros(mod.out_features, e.rank)
-        return e.A[i], e.B[i]
-
     def attach(self) -> None:
         import torch
 
-        from guardrail.experts.faithful import mix_delta
+        from guardrail.experts.faithful import lora_pair, mix_delta
 
         s, h_ = self.experts
         for i, mod in sorted(self.downs.items()):
-            (A_s, B_s), (A_h, B_h) = self._pair(s, i, mod), self._pair(h_, i, mod)
+            (A_s, B_s), (A_h, B_h) = lora_pair(s, i, mod), lora_pair(h_, i, mod)
 
             def hook(module: Any, args: tuple[Any, ...], out: Any, i: int = i, A_s: Any = A_s,
                      B_s: Any = B_s, A_h: Any = A_h, B_h: Any = B_h) -> Any:
