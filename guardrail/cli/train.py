@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from guardrail.errors import GuardrailError
+from guardrail.training.dpo import LoraSettings
 
 train_app = typer.Typer(help="Train experts, routers and adapters locally (docs/training.md).",
                         no_args_is_help=True)
@@ -16,6 +17,19 @@ _MODEL = typer.Option(None, "--model", help="GGUF file or Hugging Face checkpoin
                       "(default: the embedded model); a GGUF is dequantised to float32 first.")
 _THREADS = typer.Option(None, "--threads", help="Torch CPU threads (default: torch's own; on a "
                         "busy machine 1 is often faster).")
+# The LoRA options of `train experts` and `train porover`, defaults from LoraSettings (MidPO's).
+_LORA = LoraSettings()
+_R = typer.Option(_LORA.r, "--r", help="LoRA rank.")
+_ALPHA = typer.Option(_LORA.alpha, "--alpha", help="LoRA alpha (scaling alpha / r).")
+_BETA = typer.Option(_LORA.beta, "--beta", help="DPO beta.")
+_LR = typer.Option(_LORA.learning_rate, "--lr", help="Adapter learning rate (cosine schedule).")
+_EPOCHS = typer.Option(_LORA.epochs, "--epochs", help="Adapter epochs.")
+_MAX_STEPS = typer.Option(_LORA.max_steps, "--max-steps", help="Adapter steps (overrides "
+                          "--epochs).")
+_BATCH = typer.Option(_LORA.batch_size, "--batch-size", help="Pairs per step.")
+_MAX_LENGTH = typer.Option(_LORA.max_length, "--max-length", help="Most tokens of prompt + "
+                           "answer.")
+_SEED = typer.Option(_LORA.seed, "--seed", help="Training seed.")
 
 
 @train_app.callback()
@@ -28,9 +42,7 @@ def _fail(e: Exception) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _lora_settings(**kw: object) -> object:
-    from guardrail.training.dpo import LoraSettings
-
+def _lora_settings(**kw: object) -> LoraSettings:
     return LoraSettings(**{k: v for k, v in kw.items() if v is not None})  # type: ignore[arg-type]
 
 
@@ -93,15 +105,15 @@ def experts(
     pairs: Path = typer.Option(..., "--pairs", help="pairs.jsonl from `train preferences`."),
     out: Path = typer.Option(..., "--out", help="Output directory (adapters, routers, policies)."),
     model: Optional[str] = _MODEL,
-    r: int = typer.Option(16, "--r", help="LoRA rank."),
-    alpha: int = typer.Option(32, "--alpha", help="LoRA alpha (scaling alpha / r)."),
-    beta: float = typer.Option(0.1, "--beta", help="DPO beta."),
-    lr: float = typer.Option(1e-5, "--lr", help="Expert learning rate (cosine schedule)."),
-    epochs: float = typer.Option(3.0, "--epochs", help="Expert epochs."),
-    max_steps: int = typer.Option(-1, "--max-steps", help="Expert steps (overrides --epochs)."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Pairs per step."),
-    max_length: int = typer.Option(512, "--max-length", help="Most tokens of prompt + answer."),
-    seed: int = typer.Option(42, "--seed", help="Training seed."),
+    r: int = _R,
+    alpha: int = _ALPHA,
+    beta: float = _BETA,
+    lr: float = _LR,
+    epochs: float = _EPOCHS,
+    max_steps: int = _MAX_STEPS,
+    batch_size: int = _BATCH,
+    max_length: int = _MAX_LENGTH,
+    seed: int = _SEED,
     router_lr: float = typer.Option(1e-3, "--router-lr", help="Router learning rate."),
     router_epochs: float = typer.Option(1.0, "--router-epochs", help="Router epochs."),
     router_steps: int = typer.Option(-1, "--router-steps", help="Router steps (overrides "
@@ -139,15 +151,15 @@ def porover(
     pairs_from: str = typer.Option("all", "--pairs-from", help="'all' (answers over refusals "
                                    "of harmless prompts and refusals over compliance with "
                                    "harmful ones) or 'helpfulness' (the former only)."),
-    r: int = typer.Option(16, "--r", help="LoRA rank."),
-    alpha: int = typer.Option(32, "--alpha", help="LoRA alpha (scaling alpha / r)."),
-    beta: float = typer.Option(0.1, "--beta", help="DPO beta."),
-    lr: float = typer.Option(1e-5, "--lr", help="Learning rate (cosine schedule)."),
-    epochs: float = typer.Option(3.0, "--epochs", help="Epochs."),
-    max_steps: int = typer.Option(-1, "--max-steps", help="Steps (overrides --epochs)."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Pairs per step."),
-    max_length: int = typer.Option(512, "--max-length", help="Most tokens of prompt + answer."),
-    seed: int = typer.Option(42, "--seed", help="Training seed."),
+    r: int = _R,
+    alpha: int = _ALPHA,
+    beta: float = _BETA,
+    lr: float = _LR,
+    epochs: float = _EPOCHS,
+    max_steps: int = _MAX_STEPS,
+    batch_size: int = _BATCH,
+    max_length: int = _MAX_LENGTH,
+    seed: int = _SEED,
     threads: Optional[int] = _THREADS,
     name: str = typer.Option("porover", "--name", help="Name of the written policies."),
 ) -> None:

@@ -101,6 +101,16 @@ class Call:
         return bool(self.tools) and self.tool_mode != "none"
 
 
+def merge_tools(
+    tmpl: list[dict[str, Any]], tools: list[dict[str, Any]], support: TemplateToolSupport
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """The conversation and the tools for the template to render: the template renders them
+    when it can, otherwise they become a block of the system prompt (and nothing is rendered)."""
+    if support.tools:
+        return tmpl, tools
+    return add_tools_to_system(tmpl, tools), None
+
+
 def prepare(
     policy: Policy, messages: Sequence[BaseMessage], *, stop: Sequence[str],
     tools: Sequence[Mapping[str, Any]] | None, tool_choice: Any,
@@ -116,10 +126,7 @@ def prepare(
     verdict = guard.check_request(tmpl)  # the caller's conversation, before tools are merged
     render_tools: list[dict[str, Any]] | None = None
     if tools and mode != "none":
-        if support.tools:
-            render_tools = tools
-        else:
-            tmpl = add_tools_to_system(tmpl, tools)
+        tmpl, render_tools = merge_tools(tmpl, tools, support)
     stops = list(stop)
     prefix = forced_prefix(support.format, forced) if tools and mode == "any" else ""
     if prefix and support.format == "hermes":

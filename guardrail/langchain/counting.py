@@ -25,8 +25,8 @@ from langchain_core.messages import BaseMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from guardrail.engine import Engine
-from guardrail.langchain.calls import template_support
-from guardrail.langchain.messages import add_tools_to_system, to_template_messages
+from guardrail.langchain.calls import merge_tools, template_support
+from guardrail.langchain.messages import to_template_messages
 from guardrail.policy import Policy
 from guardrail.strategies.prompts import with_system_prompt
 
@@ -39,10 +39,7 @@ def prompt_ids(engine: Engine, policy: Policy, messages: Sequence[BaseMessage],
     tmpl = to_template_messages(messages, support if schemas else None)
     render = None
     if schemas:
-        if support.tools:
-            render = schemas
-        else:
-            tmpl = add_tools_to_system(tmpl, schemas)
+        tmpl, render = merge_tools(tmpl, schemas, support)
     tmpl = with_system_prompt(tmpl, policy.system_prompt)
     return engine.backend.encode_chat(tmpl, tools=render)
 

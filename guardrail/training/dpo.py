@@ -48,6 +48,11 @@ class LoraSettings:
     threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def recorded(self) -> dict[str, Any]:
+        """The settings as an adapter's card records them (JSON values; ``extra`` left out):
+        what a re-run compares to reuse a trained adapter."""
+        return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k != "extra"}))
+
     def check(self) -> None:
         """Clear errors for settings no trainer could use."""
         for name in ("r", "alpha", "batch_size", "max_length"):
@@ -146,7 +151,7 @@ def train_lora(
     card = {
         "adapter": name, "objective": "spe-dpo" if use_margin else "dpo", "base": str(base),
         "pairs": len(pairs), "pairs_sha256": pairs_digest(pairs), "seconds": round(seconds, 1),
-        "settings": {k: v for k, v in asdict(settings).items() if k != "extra"},
+        "settings": settings.recorded(),
         "log": [{k: v for k, v in row.items() if k in ("step", "loss", "rewards/accuracies",
                                                        "rewards/margins", "learning_rate")}
                 for row in trainer.state.log_history if "loss" in row],

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -53,16 +53,16 @@ class Trained:
     reused: list[str]
 
 
-def _reusable(card: Path, pairs: list[PreferencePair], settings: object) -> bool:
+def _reusable(card: Path, pairs: list[PreferencePair], settings: LoraSettings) -> bool:
+    """Whether the adapter beside ``card`` was trained from these pairs with these settings."""
     if not card.is_file():
         return False
     try:
         meta = json.loads(card.read_text())
     except json.JSONDecodeError:
         return False
-    want = {k: v for k, v in asdict(settings).items() if k != "extra"}  # type: ignore[call-overload]
     return bool(meta.get("pairs_sha256") == pairs_digest(pairs)
-                and json.loads(json.dumps(want)) == meta.get("settings"))
+                and settings.recorded() == meta.get("settings"))
 
 
 def _lora(base: Base, pairs: list[PreferencePair], out: Path, settings: LoraSettings, *,
@@ -126,6 +126,8 @@ def train_experts(
 ) -> Trained:
     """The whole MidPO pipeline on ``pairs_file`` into ``out`` (see the module docstring)."""
     require_trainer()
+    if probe_l2 < 0:
+        raise ConfigError(f"--probe-l2 must be >= 0, got {probe_l2}")
     out_dir, path = Path(out), Path(pairs_file)
     pairs = read_pairs(path)
     safety, helpful = _pairs_of(pairs, "safety", path), _pairs_of(pairs, "helpfulness", path)

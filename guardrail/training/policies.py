@@ -23,15 +23,12 @@ def _write(policy: dict[str, Any], path: Path, header: str) -> Path:
     return path
 
 
-def faithful_policy(path: Path, *, name: str, base: Path, safety: Path, helpfulness: Path,
-                    router: Path) -> Path:
-    """Transformers, faithful mode: both LoRA experts mixed in every layer by the trained
-    in-layer router, each adapter at its own PEFT scaling (as the router was trained)."""
+def _experts_policy(path: Path, *, name: str, description: str, model: dict[str, str],
+                    safety: Path, helpfulness: Path, router: Path) -> Path:
     return _write({
         "name": name,
-        "description": "Trained safety and helpfulness experts mixed inside every layer by the "
-                       "trained router (faithful MidPO mode, transformers).",
-        "model": {"backend": "transformers", "path": str(base.resolve())},
+        "description": description,
+        "model": model,
         "strategy": {
             "kind": "experts",
             "safety": {"kind": "lora", "path": str(safety.resolve())},
@@ -41,22 +38,26 @@ def faithful_policy(path: Path, *, name: str, base: Path, safety: Path, helpfuln
     }, path, "Written by `guardrail train experts` (docs/training.md).")
 
 
+def faithful_policy(path: Path, *, name: str, base: Path, safety: Path, helpfulness: Path,
+                    router: Path) -> Path:
+    """Transformers, faithful mode: both LoRA experts mixed in every layer by the trained
+    in-layer router, each adapter at its own PEFT scaling (as the router was trained)."""
+    return _experts_policy(
+        path, name=name, model={"backend": "transformers", "path": str(base.resolve())},
+        description="Trained safety and helpfulness experts mixed inside every layer by the "
+                    "trained router (faithful MidPO mode, transformers).",
+        safety=safety, helpfulness=helpfulness, router=router)
+
+
 def portable_policy(path: Path, *, name: str, gguf: Path, safety: Path, helpfulness: Path,
                     probe: Path) -> Path:
     """llama.cpp, portable mode: each GGUF LoRA expert on a context of its own, weighed per
     request by the trained prompt probe."""
-    return _write({
-        "name": name,
-        "description": "Trained safety and helpfulness experts (GGUF LoRA streams) weighed by "
-                       "the trained prompt probe (portable mode, llama.cpp).",
-        "model": {"backend": "llamacpp", "path": str(gguf.resolve())},
-        "strategy": {
-            "kind": "experts",
-            "safety": {"kind": "lora", "path": str(safety.resolve())},
-            "helpfulness": {"kind": "lora", "path": str(helpfulness.resolve())},
-            "router": {"kind": "file", "path": str(probe.resolve())},
-        },
-    }, path, "Written by `guardrail train experts` (docs/training.md).")
+    return _experts_policy(
+        path, name=name, model={"backend": "llamacpp", "path": str(gguf.resolve())},
+        description="Trained safety and helpfulness experts (GGUF LoRA streams) weighed by "
+                    "the trained prompt probe (portable mode, llama.cpp).",
+        safety=safety, helpfulness=helpfulness, router=probe)
 
 
 def merged_policy(path: Path, *, name: str, backend: str, model: Path, lora: Path) -> Path:
