@@ -107,7 +107,13 @@ class _Entry:
 @dataclass
 class _Job:
     """Work to run on the scheduler's thread between two steps (``exclusive``: once nothing
-    is being decoded)."""
+    is being decoded).
+
+    A shared job runs holding the engine's lock. An exclusive job runs without it and takes
+    the locks it needs itself: a request decoded on several models takes every model's lock in
+    one global order (:meth:`guardrail.engine.Engine._alone`), which a thread that already held
+    its own engine's lock could not do. Two engines each decoding on the other's model would
+    then each hold one lock and wait for the other's for ever."""
 
     fn: Callable[[], Any]
     future: Future[Any]
@@ -293,7 +299,8 @@ class Scheduler:
     def alone(self, make: Callable[[], Iterator[T]]) -> Iterator[T]:
         """Iterate ``make()`` on the scheduler's thread once nothing else is being decoded,
         admitting nothing meanwhile (a request that must run alone); items are handed over as
-        they come. Closing the iterator stops it between two items."""
+        they come. Closing the iterator stops it between two items. ``make()`` takes the locks
+        it needs, the engine's among them (see :class:`_Job`)."""
         if threading.current_thread() is self._thread or self.lock.held_by_me():
             yield from make()
             return
@@ -322,7 +329,8 @@ class Scheduler:
         return fut
 
     def _run_jobs(self) -> None:
-        """Run queued jobs (holding the lock); an exclusive one waits for the batch to drain."""
+        """Run queued jobs (see :class:`_Job` for the locks each holds); an exclusive one waits
+        for the batch to drain. Called without the engine's lock."""
         while True:
             with self._cond:
                 if not self._jobs:
@@ -333,7 +341,11 @@ class Scheduler:
                 self._jobs.popleft()
             if job.future.set_running_or_notify_cancel():
                 try:
-                    job.future.set_result(job.fn())
+                    if job.exclusive:
+                        job.future.set_result(job.fn())
+                    else:
+                        with self.lock:
+                            job.future.set_result(job.fn())
                 except BaseException as e:  # noqa: BLE001 - handed to the caller
                     job.future.set_exception(e)
 
@@ -348,8 +360,8 @@ class Scheduler:
                         self._thread = None
                         return
             try:
+                self._run_jobs()
                 with self.lock:
-                    self._run_jobs()
                     self._drop_cancelled()
                     self._admit()
                     self._step()

@@ -240,3 +240,43 @@ def test_engine_lock_is_reentrant_fair_and_owned() -> None:
         lock.release()
     assert lock.acquire(timeout=0.01)
     lock.release()
+
+
+def test_crossed_routed_requests_take_their_locks_in_one_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Engine A decodes on B's model while B decodes on A's: both scheduler threads start
+    their lone request at the same moment (a barrier), which is when a thread that already
+    held its own engine's lock would wait for the other's for ever."""
+    from guardrail.adapters.routed import RoutedBackend
+
+    a, b = Engine(FakeBackend()), Engine(FakeBackend())
+    barrier = threading.Barrier(2)
+    original = Engine._alone
+
+    def in_step(self: Engine, *args: object, **kw: object) -> Iterator[object]:
+        barrier.wait(timeout=5)
+        yield from original(self, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Engine, "_alone", in_step)
+
+    def routed(own: Engine, other: Engine) -> GenerationRequest:
+        req = _request(own, "Write a poem about rain.", n=6)
+        req.backend = RoutedBackend([own.backend, other.backend], [1],
+                                    locks=[own.lock, other.lock])
+        return req
+
+    out: dict[str, list[int]] = {}
+
+    def run(name: str, own: Engine, other: Engine) -> None:
+        out[name] = own.generate_many([routed(own, other)])[0].token_ids
+
+    threads = [threading.Thread(target=run, args=("a", a, b), daemon=True),
+               threading.Thread(target=run, args=("b", b, a), daemon=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert not any(t.is_alive() for t in threads), "deadlock"
+    assert out["a"] == out["b"] == _alone(FakeBackend(), _request(a, "Write a poem about rain.",
+                                                                  n=6))
