@@ -129,6 +129,13 @@ class HasHiddenStates(Protocol):
         """:meth:`prompt_hidden_states` at the last token of ``ids`` (``[hidden]``)."""
         ...
 
+    def prompt_hidden_states_many(
+        self, prompts: Sequence[Sequence[int]]
+    ) -> list[NDArray[np.float32]]:
+        """:meth:`prompt_hidden_states` of each prompt, batched where the backend gains from
+        it (equal to one read at a time up to float rounding; the backend says how close)."""
+        ...
+
 
 @runtime_checkable
 class HasLoraContexts(Protocol):
@@ -190,6 +197,15 @@ class HiddenStatesMixin:
     def prompt_hidden_state(self, ids: Sequence[int]) -> NDArray[np.float32]:
         """The final hidden state at the last token of ``ids`` (``[hidden]``)."""
         return self.prompt_hidden_states(ids)[-1]  # type: ignore[attr-defined, no-any-return]
+
+    def prompt_hidden_states_many(
+        self, prompts: Sequence[Sequence[int]]
+    ) -> list[NDArray[np.float32]]:
+        """Each prompt's hidden states, one read at a time. Backends that gain from batching
+        override this (transformers, about 1.9x on 40-token prompts on 2 CPU cores); llama.cpp
+        does not (a batched prefill measured 1.00x and sums in another order), so it reads one
+        prompt at a time."""
+        return [self.prompt_hidden_states(ids) for ids in prompts]  # type: ignore[attr-defined]
 
 
 class Backend(ChatText, Compute, ABC):

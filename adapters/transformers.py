@@ -336,6 +336,34 @@ class TransformersBackend(HiddenStatesMixin, Backend):
             out = self.model(input_ids=x, output_hidden_states=True, logits_to_keep=1)
             return out.hidden_states[-1][0].float().cpu().numpy()
 
+    def prompt_hidden_states_many(
+        self, prompts: Sequence[Sequence[int]], *, batch: int = 8
+    ) -> list[NDArray[np.float32]]:
+        """Each prompt's hidden states, ``batch`` prompts of similar length per forward,
+        right-padded: causal attention keeps every real token from seeing the padding after it,
+        so the states are the unpadded ones up to the float rounding of a batched matmul."""
+        import torch
+
+        lists = [[int(t) for t in ids] for ids in prompts]
+        order = sorted(range(len(lists)), key=lambda i: len(lists[i]))
+        out: list[NDArray[np.float32]] = [np.empty(0, np.float32)] * len(lists)
+        pad = 0
+        with torch.inference_mode():
+            for at in range(0, len(order), batch):
+                group = order[at:at + batch]
+                width = max(len(lists[i]) for i in group)
+                x = torch.full((len(group), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(group), width), dtype=torch.long)
+                for row, i in enumerate(group):
+                    x[row, : len(lists[i])] = torch.tensor(lists[i])
+                    mask[row, : len(lists[i])] = 1
+                res = self.model(input_ids=x.to(self.device), attention_mask=mask.to(self.device),
+                                 output_hidden_states=True, logits_to_keep=1)
+                states = res.hidden_states[-1].float().cpu().numpy()
+                for row, i in enumerate(group):
+                    out[i] = states[row, : len(lists[i])]
+        return out
+
     def open(self, prompts: Sequence[Sequence[int]]) -> TransformersStreams:
         if not prompts:
             raise ConfigError("open: at least one prompt is needed")

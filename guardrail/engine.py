@@ -51,6 +51,7 @@ class Generation:
     prompt_tokens: int
     finish_reason: str
     steps: list[StepInfo] = field(default_factory=list)
+    probe: Mapping[str, float] = field(default_factory=dict)  # the request's probe reading
 
     @property
     def completion_tokens(self) -> int:
@@ -164,6 +165,7 @@ class Engine:
             sampling=SamplingParams(sp.temperature, sp.top_k, sp.top_p, sp.seed),
             max_new_tokens=sp.max_new_tokens,
             stop=[*sp.stop, *stop],
+            probe=dict(p.probe),
         )
 
     # ------------------------------------------------------------------ decoding
@@ -246,7 +248,8 @@ class Engine:
         for ev in self.stream(requests, errors="event" if return_exceptions else "raise"):
             if isinstance(ev, FinishEvent):
                 out[ev.request] = Generation(
-                    ev.text, ev.token_ids, ev.prompt_tokens, ev.reason, ev.steps
+                    ev.text, ev.token_ids, ev.prompt_tokens, ev.reason, ev.steps,
+                    dict(requests[ev.request].probe),
                 )
             elif isinstance(ev, ErrorEvent):
                 out[ev.request] = ev.error

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from guardrail.cli import chat, demo, policy
+from guardrail.cli import calibrate, chat, demo, policy
 from guardrail.cli import eval as eval_cli
 from guardrail.cli import experts as experts_cli
 from guardrail.cli import refusal as refusal_cli
@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 
 
-for _module in (demo, policy, chat, eval_cli, router_cli, experts_cli, tune_cli, refusal_cli,
+for _module in (demo, policy, chat, calibrate, eval_cli, router_cli, experts_cli, tune_cli, refusal_cli,
                 serve_cli, train_cli):
     _module.register(app)
 

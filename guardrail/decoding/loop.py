@@ -18,7 +18,7 @@ for finish events cannot drop a failed request silently.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -54,6 +54,9 @@ class GenerationRequest:
         processors: constraints applied in order to the rule's final logits before sampling,
             each given the generated ids (see :mod:`guardrail.decoding.processors`). They are
             per-request objects that may keep state: build them for this request only.
+        probe: what a prompt probe read when the request was planned (``harm`` =
+            P(harmful)); not used to decode, carried so traces and evaluation rows show why an
+            answer went the way it did.
     """
 
     prompts: Sequence[Sequence[int]]
@@ -64,6 +67,7 @@ class GenerationRequest:
     min_new_tokens: int = 0
     backend: Backend | None = None
     processors: Sequence[LogitsProcessor] = ()
+    probe: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

@@ -51,6 +51,9 @@ class ResultRow(BaseModel):
     refusal_score: float | None = Field(
         None, ge=0, le=1, description="P(refusal) from a detector that computes one (the refusal "
         "probe); null otherwise and in older files.")
+    harm: float | None = Field(
+        None, ge=0, le=1, description="P(harmful) the policy's prompt probe read for this prompt "
+        "(probe-gated policies such as balanced); null when the policy reads none.")
     new_tokens: int
     prompt_tokens: int = 0
     finish_reason: str = ""

@@ -331,7 +331,7 @@ def _run_batch(engine: Engine, judge: Detector, policy: Policy, batch: list[Exam
         rows.append({"ex": ex, "text": text, "blocked": blocked,
                      "finish_reason": "blocked" if blocked else g.finish_reason,
                      "new_tokens": g.completion_tokens, "prompt_tokens": g.prompt_tokens,
-                     "modes": dict(Counter(g.modes))})
+                     "modes": dict(Counter(g.modes)), "harm": g.probe.get("harm")})
     ran = [r for r in rows if "error" not in r]
     share = elapsed / len(ran) if ran else 0.0
     judged = [r for r in ran if not r["blocked"]]
@@ -348,7 +348,7 @@ def _run_batch(engine: Engine, judge: Detector, policy: Policy, batch: list[Exam
         out.append(ResultRow(
             id=ex.id, prompt=ex.prompt, label=ex.label, type=ex.type, policy=policy.name,
             response=r["text"], refused=v.refused, detector=v.detector, refusal_label=v.label,
-            refusal_score=v.score,
+            refusal_score=v.score, harm=r.get("harm"),
             new_tokens=r["new_tokens"], prompt_tokens=r["prompt_tokens"],
             finish_reason=r["finish_reason"], seconds=seconds, modes=r["modes"],
             error=r.get("error", ""), prompt_sha256=prompt_hash(ex.prompt),

@@ -210,6 +210,8 @@ def final_chunk(c: Call) -> ChatGenerationChunk:
         "refusal_detector": verdict.detector,
         "finish_reason": reason,
     }
+    if c.request is not None and c.request.probe:
+        meta["probe"] = plain_data(dict(c.request.probe))  # e.g. {"harm": P(harmful)}
     if fin is not None and fin.timings:
         meta["timings"] = {k: round(v, 4) for k, v in fin.timings.items()}
     if c.matched_rule is not None:

@@ -61,19 +61,31 @@ def user_span(backend: Backend, messages: Sequence[Message], enc: Encoded) -> tu
     return token_span(backend, enc, content) or (0, len(enc.ids))
 
 
-def conversation_feature(
-    backend: Backend, messages: Sequence[Message], feature: str = FEATURE
-) -> NDArray[np.float32]:
-    """One conversation's probe feature (``[d]`` or ``[2d]``, see the module docstring)."""
+def _check_feature(feature: str) -> None:
     if feature not in FEATURES:
         raise ConfigError(f"probe feature must be one of {', '.join(FEATURES)}, got {feature!r}")
-    model = require(backend, HasHiddenStates, "a prompt probe")
-    enc = encode(backend, messages)
-    states = model.prompt_hidden_states(enc.ids)
+
+
+def _feature(backend: Backend, messages: Sequence[Message], enc: Encoded,
+             states: NDArray[np.float32], feature: str) -> NDArray[np.float32]:
     if feature == FEATURE_LAST:
         return states[-1]
     start, end = user_span(backend, messages, enc)
     return np.concatenate([states[-1], states[start:end].mean(axis=0)]).astype(np.float32)
+
+
+def conversation_feature(
+    backend: Backend, messages: Sequence[Message], feature: str = FEATURE
+) -> NDArray[np.float32]:
+    """One conversation's probe feature (``[d]`` or ``[2d]``, see the module docstring)."""
+    _check_feature(feature)
+    model = require(backend, HasHiddenStates, "a prompt probe")
+    enc = encode(backend, messages)
+    return _feature(backend, messages, enc, model.prompt_hidden_states(enc.ids), feature)
+
+
+#: Conversations read per batched call when computing many features (a progress-bar tick).
+READ_BATCH = 32
 
 
 def prompt_features(
@@ -81,6 +93,18 @@ def prompt_features(
     progress: bool = False,
 ) -> NDArray[np.float32]:
     """``[n, width]`` probe features of each conversation, from any backend that exposes hidden
-    states (transformers and llama.cpp do)."""
-    convs = tqdm(conversations, desc="prompt features", unit="prompt", disable=not progress)
-    return np.stack([conversation_feature(backend, c, feature) for c in convs])
+    states (transformers and llama.cpp do), read in batches
+    (:meth:`~guardrail.adapters.base.HasHiddenStates.prompt_hidden_states_many`): equal to
+    :func:`conversation_feature` of each up to float rounding."""
+    _check_feature(feature)
+    model = require(backend, HasHiddenStates, "a prompt probe")
+    rows: list[NDArray[np.float32]] = []
+    with tqdm(total=len(conversations), desc="prompt features", unit="prompt",
+              disable=not progress) as bar:
+        for at in range(0, len(conversations), READ_BATCH):
+            convs = conversations[at:at + READ_BATCH]
+            encs = [encode(backend, c) for c in convs]
+            states = model.prompt_hidden_states_many([e.ids for e in encs])
+            rows += [_feature(backend, c, e, h, feature) for c, e, h in zip(convs, encs, states)]
+            bar.update(len(convs))
+    return np.stack(rows)

@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import re
+import time
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -89,19 +90,32 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GUARDRAIL_CACHE") or "~/.cache/guardrail").expanduser() / "probes"
 
 
-def auto_probe_path(backend: Backend, *, l2: float = 0.1) -> Path:
-    """This model's ``auto`` probe: trained once on :func:`calibration_prompts`, then cached."""
+def auto_probe_file(backend: Backend, *, l2: float = 0.1) -> Path:
+    """Where this model's ``auto`` probe is cached (named by the model, its vocabulary and a
+    digest of the calibration data and settings); it may not exist yet."""
     prompts, harmful = calibration_prompts()
     digest = hashlib.sha256(repr((prompts, harmful, l2, FEATURE)).encode()).hexdigest()[:10]
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", backend.model_name)
-    path = cache_dir() / f"{stem}-v{backend.vocab_size}-{digest}.safetensors"
-    if not path.is_file():
-        log.warning("training the auto probe for %s on %d calibration prompts (once; cached in %s)",
+    return cache_dir() / f"{stem}-v{backend.vocab_size}-{digest}.safetensors"
+
+
+def auto_probe_path(backend: Backend, *, l2: float = 0.1, force: bool = False) -> Path:
+    """This model's ``auto`` probe: trained once on :func:`calibration_prompts`, then cached
+    (``force``: trained again). The first request of a policy with ``probe: auto`` on a model
+    waits for this unless ``guardrail calibrate`` ran first (docs/policies.md says the cost)."""
+    path = auto_probe_file(backend, l2=l2)
+    if force or not path.is_file():
+        prompts, harmful = calibration_prompts()
+        log.warning("calibrating the auto probe for %s: %d prompt reads, once per model (cached "
+                    "in %s; `guardrail calibrate` does this ahead of the first request)",
                     backend.model_name, len(prompts), path)
+        t0 = time.perf_counter()
         probe, _ = train_probe(backend, prompts, harmful, heldout=0.0, l2=l2)
         tmp = save_router(probe, path.with_suffix(".tmp"), calibration="xstest rows i % 3 != 0, "
                           "jailbreakbench even rows, vicuna bench")
         tmp.replace(path)
+        log.warning("calibrated the auto probe for %s in %.0f s", backend.model_name,
+                    time.perf_counter() - t0)
     return path
 
 

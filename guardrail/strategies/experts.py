@@ -112,8 +112,10 @@ def plan(s: ExpertsStrategy, engine: Engine, messages: list[dict[str, Any]], too
     helpfulness expert's, then AdaCD's safety stream (if any), each on its member model."""
     if is_faithful(s, engine.backend):
         return Plan([engine.backend.encode_chat(messages, tools=tools)], _faithful_rule(s, engine))
-    rule = ExpertsRule(router=_router(s, engine, messages),
-                       adacd=adacd_rule(s.adacd) if s.adacd else None)
+    router = _router(s, engine, messages)
+    rule = ExpertsRule(router=router, adacd=adacd_rule(s.adacd) if s.adacd else None)
+    # a probe router's weights are (P(harmful), 1 - P(harmful)): the reading, for traces
+    probe = {"harm": router.alpha} if isinstance(s.router, FileRouter) else {}
     runs = [(_member(e, engine, s.scale), getattr(e, "system_prompt", None))
             for e in (s.safety, s.helpfulness)]
     if s.adacd is not None and s.adacd.steps > 0:
@@ -125,10 +127,10 @@ def plan(s: ExpertsStrategy, engine: Engine, messages: list[dict[str, Any]], too
     ]
     members = list({id(m.backend): m for m in [engine, *(m for m, _ in runs)]}.values())
     if len(members) == 1:
-        return Plan(prompts, rule)
+        return Plan(prompts, rule, probe=probe)
     index = {id(m.backend): i for i, m in enumerate(members)}
     routed = RoutedBackend(
         [m.backend for m in members], [index[id(m.backend)] for m, _ in runs],
         locks=list({id(m.lock): m.lock for m in members}.values()),
     )
-    return Plan(prompts, rule, routed)
+    return Plan(prompts, rule, routed, probe=probe)

@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from guardrail.adapters.transformers import TransformersBackend  # noqa: E402
+from guardrail.cli import app  # noqa: E402
 from guardrail.engine import Engine  # noqa: E402
 from guardrail.experts import (  # noqa: E402
     RouterFileError,
@@ -209,9 +210,16 @@ def test_auto_probe_trains_once_per_model_and_is_cached(
         odd = {r["Goal"] for r in csv.DictReader(jbb.open()) if int(r[""]) % 2 == 1}
         assert len(odd) == 50 and not odd & set(prompts)
     b = llama_engine.backend
-    path = probe_mod.auto_probe_path(b)
+    # `guardrail calibrate` trains it ahead of the first request, then finds it cached
+    first = CliRunner().invoke(app, ["calibrate"])
+    assert first.exit_code == 0, first.output
+    path = probe_mod.auto_probe_file(b)
+    assert f"calibrated {b.model_name} on 430 prompts" in first.output and str(path) in first.output
     assert path.parent == tmp_path / "probes" and path.is_file()
     stamp = path.stat().st_mtime_ns
+    again = CliRunner().invoke(app, ["calibrate"])
+    assert again.exit_code == 0 and f"already calibrated: {path}" in again.output
+    assert probe_mod.auto_probe_path(b) == path
     bad = [{"role": "user", "content": HARMFUL}]
     good = [{"role": "user", "content": "How do I bake bread?"}]
     assert probe_mod.prompt_harm("auto", b, bad) > 0.5 > probe_mod.prompt_harm("auto", b, good)
