@@ -12,12 +12,11 @@ from typing import Optional
 
 import typer
 
+from guardrail.cli.args import check_backend
 from guardrail.errors import GuardrailError
 from guardrail.loading import get_engine
 from guardrail.policy import ModelConfig
 from guardrail.probes.prompt import auto_probe_file, auto_probe_path, calibration_rows
-
-BACKENDS = ("llamacpp", "transformers")
 
 
 def calibrate(
@@ -35,9 +34,7 @@ def calibrate(
 ) -> None:
     """Calibrate the `auto` prompt probe of MODEL and cache it ($GUARDRAIL_CACHE or
     ~/.cache/guardrail/probes), with a progress bar; prints where it is."""
-    if backend not in BACKENDS:
-        raise typer.BadParameter(f"must be one of {', '.join(BACKENDS)}, got {backend!r}",
-                                 param_hint="--backend")
+    check_backend(backend)
     try:
         engine = get_engine(ModelConfig(backend=backend, path=model,  # type: ignore[arg-type]
                                         n_threads=threads))

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from guardrail.cli.args import check_backend
 from guardrail.cli.router import write_card
 from guardrail.errors import GuardrailError
 from guardrail.experts.data import sha256_file
@@ -44,6 +45,7 @@ def train(
     """Train a refusal probe; use it with ``--detector probe --probe-file FILE`` or a policy's
     ``refusal: {detector: probe, probe: {path: FILE, model: ...}}``."""
 
+    check_backend(backend)
     try:
         answers = load_labelled(files)
         engine = get_engine(ModelConfig(backend=backend, path=model))  # type: ignore[arg-type]

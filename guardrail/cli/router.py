@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from guardrail.cli.args import check_backend
 from guardrail.errors import GuardrailError
 from guardrail.experts.data import read_labelled, sha256_file
 from guardrail.experts.router_file import save_router
@@ -46,6 +47,7 @@ def train(
 ) -> None:
     """Train the probe (harmful → safety expert, harmless → helpfulness expert) on CPU."""
 
+    check_backend(backend)
     try:
         prompts, harmful = read_labelled(data)
         if limit and limit < len(prompts):
