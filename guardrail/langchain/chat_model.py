@@ -361,7 +361,13 @@ class GuardedChatModel(BaseChatModel):
                 raise ConfigError(f"tools[{i}]: not a tool LangChain can describe ({e})") from None
         check_tools(formatted)
         normalise_tool_choice(tool_choice, formatted)  # fail now on a bad value
-        return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+        return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+
+    def bind(self, **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind call options, checked now: an option the model does not take (e.g.
+        ``parallel_tool_calls``) fails here, naming it, not at the first invoke."""
+        split_call_kwargs(kwargs)
+        return super().bind(**kwargs)
 
 
 __all__ = ["CALL_OPTIONS", "GuardedChatModel"]
