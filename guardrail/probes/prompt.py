@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Sequence
 from importlib import resources
@@ -111,7 +112,10 @@ def auto_probe_path(backend: Backend, *, l2: float = 0.1, force: bool = False) -
                     backend.model_name, len(prompts), path)
         t0 = time.perf_counter()
         probe, _ = train_probe(backend, prompts, harmful, heldout=0.0, l2=l2)
-        tmp = save_router(probe, path.with_suffix(".tmp"), calibration="xstest rows i % 3 != 0, "
+        # a name of its own: two processes calibrating the same model at once (a server's
+        # first request and `guardrail calibrate`, Ray workers) each replace the file whole
+        part = path.with_name(f"{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp")
+        tmp = save_router(probe, part, calibration="xstest rows i % 3 != 0, "
                           "jailbreakbench even rows, vicuna bench")
         tmp.replace(path)
         log.warning("calibrated the auto probe for %s in %.0f s", backend.model_name,
