@@ -202,7 +202,7 @@ class HiddenStatesMixin:
         self, prompts: Sequence[Sequence[int]]
     ) -> list[NDArray[np.float32]]:
         """Each prompt's hidden states, one read at a time. Backends that gain from batching
-        override this (transformers, about 1.9x on 40-token prompts on 2 CPU cores); llama.cpp
+        override this (transformers, 1.7x on the 40-token calibration prompts on 2 CPU cores); llama.cpp
         does not (a batched prefill measured 1.00x and sums in another order), so it reads one
         prompt at a time."""
         return [self.prompt_hidden_states(ids) for ids in prompts]  # type: ignore[attr-defined]

@@ -40,6 +40,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -341,11 +342,8 @@ class Scheduler:
                 self._jobs.popleft()
             if job.future.set_running_or_notify_cancel():
                 try:
-                    if job.exclusive:
+                    with nullcontext() if job.exclusive else self.lock:
                         job.future.set_result(job.fn())
-                    else:
-                        with self.lock:
-                            job.future.set_result(job.fn())
                 except BaseException as e:  # noqa: BLE001 - handed to the caller
                     job.future.set_exception(e)
 

@@ -21,8 +21,8 @@ app = typer.Typer(
 )
 
 
-for _module in (demo, policy, chat, calibrate, eval_cli, router_cli, experts_cli, tune_cli, refusal_cli,
-                serve_cli, train_cli):
+for _module in (demo, policy, chat, calibrate, eval_cli, router_cli, experts_cli, tune_cli,
+                refusal_cli, serve_cli, train_cli):
     _module.register(app)
 
 __all__ = ["app"]

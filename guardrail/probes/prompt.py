@@ -103,7 +103,7 @@ def auto_probe_file(backend: Backend, *, l2: float = 0.1) -> Path:
 def auto_probe_path(backend: Backend, *, l2: float = 0.1, force: bool = False) -> Path:
     """This model's ``auto`` probe: trained once on :func:`calibration_prompts`, then cached
     (``force``: trained again). The first request of a policy with ``probe: auto`` on a model
-    waits for this unless ``guardrail calibrate`` ran first (docs/policies.md says the cost)."""
+    waits for this unless ``guardrail calibrate`` ran first (docs/experts.md says the cost)."""
     path = auto_probe_file(backend, l2=l2)
     if force or not path.is_file():
         prompts, harmful = calibration_prompts()
