@@ -167,12 +167,23 @@ class HasHFTokenizer(Protocol):
     tokenizer: Any
 
 
+@runtime_checkable
+class HasGrammarTokenizer(Protocol):
+    """Capability: the model's vocabulary as a grammar engine's tokenizer (llguidance), so a
+    JSON schema can mask the logits in one pass over the vocabulary."""
+
+    def grammar_tokenizer(self) -> Any:
+        """An ``llguidance.LLTokenizer`` for this model (about a second to build: cache it)."""
+        ...
+
+
 _WHAT: dict[type, str] = {
     HasHiddenStates: "the prompt's hidden states (prompt_hidden_states)",
     HasLoraContexts: "LoRA adapter contexts (with_lora; llama.cpp)",
     HasLayerHooks: "a torch module whose layers can be hooked (model; transformers)",
     MultiModel: "member backends and their locks (locks)",
     HasHFTokenizer: "a Hugging Face tokenizer (tokenizer)",
+    HasGrammarTokenizer: "a grammar engine's tokenizer (grammar_tokenizer; llguidance)",
 }
 
 C = TypeVar("C")

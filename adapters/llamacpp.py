@@ -459,6 +459,18 @@ class LlamaCppBackend(HiddenStatesMixin, Backend):
     def detokenize(self, ids: Sequence[int]) -> str:
         return b"".join(self._bytes(int(t)) for t in ids).decode("utf-8", errors="replace")
 
+    def grammar_tokenizer(self) -> Any:
+        """The vocabulary as an llguidance tokenizer (:class:`HasGrammarTokenizer`); the end of
+        turn tokens are its end tokens."""
+        import warnings
+
+        from llguidance.llamacpp import lltokenizer_from_vocab
+
+        with warnings.catch_warnings():  # it reads token attributes by a deprecated name
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return lltokenizer_from_vocab(self._model.vocab, n_vocab=self._n_vocab,
+                                          eos_token=sorted(self._eot))
+
     def _embedding_context(self) -> tuple[LlamaContext, LlamaBatch]:
         """A context of its own for reading hidden states (made on first use, one sequence of
         :attr:`n_ctx` cells, embeddings on), over the same weights. Switching embeddings on and

@@ -327,6 +327,14 @@ class TransformersBackend(HiddenStatesMixin, Backend):
     def detokenize(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
+    def grammar_tokenizer(self) -> Any:
+        """The tokenizer as an llguidance tokenizer (:class:`HasGrammarTokenizer`; fast
+        tokenizers only); the end-of-turn tokens are its end tokens."""
+        import llguidance.hf
+
+        return llguidance.hf.from_tokenizer(self.tokenizer, n_vocab=self.vocab_size,
+                                            eos_token=sorted(self.end_of_turn_ids))
+
     def prompt_hidden_states(self, ids: Sequence[int]) -> NDArray[np.float32]:
         """The last entry of ``hidden_states`` (after the final norm) at every prompt token."""
         import torch

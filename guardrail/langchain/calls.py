@@ -22,17 +22,19 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk
 
-from guardrail.decoding.constraints import ToolCallConstraint
 from guardrail.decoding.loop import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
 from guardrail.engine import Engine
-from guardrail.errors import GuardrailError
+from guardrail.errors import ConfigError, GuardrailError
 from guardrail.guard import Guard, last_user_text
 from guardrail.loading import get_engine
 from guardrail.policy import Policy
 from guardrail.policy.decisions import log_step
 from guardrail.langchain.messages import add_tools_to_system, to_template_messages
+from guardrail.langchain.structured import ToolCallOrJson, json_constraint, response_schema
 from guardrail.langchain.tool_calls import (
     ParsedOutput,
+    TOOL_CALL_CLOSE,
+    TOOL_CALL_OPEN,
     TemplateToolSupport,
     call_schema,
     check_tools,
@@ -91,6 +93,8 @@ class Call:
     finish: FinishEvent | None = field(default=None, repr=False)
     error: GuardrailError | None = None  # the call failed alone (decode_calls isolate)
     parsed: ParsedOutput | None = None  # the final answer: text, tool calls, invalid calls
+    constraint: str | None = None  # the JSON engine of a forced call or response format
+    structured: bool = False  # the answer is JSON under a response format
 
     @property
     def policy(self) -> Policy:
@@ -113,14 +117,22 @@ def merge_tools(
 
 def prepare(
     policy: Policy, messages: Sequence[BaseMessage], *, stop: Sequence[str],
-    tools: Sequence[Mapping[str, Any]] | None, tool_choice: Any,
+    tools: Sequence[Mapping[str, Any]] | None, tool_choice: Any, response_format: Any = None,
+    parallel_tool_calls: bool | None = None,
 ) -> Call:
-    """Render, check and plan one call under ``policy`` (loads the model on first use)."""
+    """Render, check and plan one call under ``policy`` (loads the model on first use).
+
+    ``parallel_tool_calls=False`` ends a Hermes answer at its first call's closing tag, so it
+    makes one call at most (a Llama-3.1 answer is one call by its format)."""
     engine = get_engine(policy.model)
     guard = Guard(policy, engine)
     check_tools(list(tools or []))
     tools = [dict(t) for t in tools or []]
     mode, forced = normalise_tool_choice(tool_choice, tools)
+    answer_schema = response_schema(response_format)
+    if answer_schema is not None and tools and mode == "any":
+        raise ConfigError("response_format: cannot be combined with a forced tool call "
+                          f"(tool_choice={tool_choice!r}); the answer would be the call")
     support = template_support(engine)
     tmpl = to_template_messages(messages, support if tools else None)
     verdict = guard.check_request(tmpl)  # the caller's conversation, before tools are merged
@@ -129,30 +141,49 @@ def prepare(
         tmpl, render_tools = merge_tools(tmpl, tools, support)
     stops = list(stop)
     prefix = forced_prefix(support.format, forced) if tools and mode == "any" else ""
-    if prefix and support.format == "hermes":
-        stops.append("</tool_call>")
-    c = Call(engine, guard, None, tmpl, tools, mode, support.format, prefix)
+    if support.format == "hermes" and tools and mode != "none" and (
+        prefix or parallel_tool_calls is False
+    ):
+        stops.append(TOOL_CALL_CLOSE)
+    c = Call(engine, guard, None, tmpl, tools, mode, support.format, prefix,
+             structured=answer_schema is not None)
+    if answer_schema is not None and c.tools_active and support.format != "hermes":
+        raise ConfigError("response_format: with tools offered, this model's template writes "
+                          "calls as bare JSON (Llama-3.1 style), which a JSON answer cannot be "
+                          "told apart from; bind the schema as a tool instead "
+                          "(with_structured_output(method='function_calling'))")
     if verdict is not None:
         c.matched_rule = verdict.rule
         if verdict.answers:
             c.preset = verdict.message
             return c
     req = engine.request(policy, tmpl, tools=render_tools, stop=stops)
+    proc = None
     if prefix:
         ids = engine.backend.tokenize(prefix)
         req.prompts = [[*p, *ids] for p in req.prompts]
         # Keep the forced call's JSON valid for the tool's schema (a loop processor).
-        req.processors = [*req.processors, ToolCallConstraint(
-            call_schema(tools, forced),
-            token_texts(engine),
-            engine.backend.tokenize,
-            engine.backend.detokenize,
-            opening="" if forced else '{"name": "',
-            closing="}" if forced else "",
-            end_id=min(engine.backend.end_of_turn_ids),
-            special_ids=engine.backend.end_of_turn_ids,
-            budget=req.max_new_tokens,
-        )]
+        proc = json_constraint(
+            engine, call_schema(tools, forced), token_texts=token_texts(engine),
+            budget=req.max_new_tokens, opening="" if forced else '{"name": "',
+            closing="}" if forced else "", what="tools",
+        )
+    elif answer_schema is not None:
+        # The whole answer is the JSON (strings bounded by the budget alone).
+        proc = json_constraint(
+            engine, answer_schema, token_texts=token_texts(engine),
+            budget=req.max_new_tokens, string_cap=None, what="response_format",
+        )
+        if c.tools_active:  # or one tool call, if the model makes one
+            call = json_constraint(
+                engine, call_schema(tools, None), token_texts=token_texts(engine),
+                budget=req.max_new_tokens, what="tools",
+            )
+            proc = ToolCallOrJson(proc, call, token_texts(engine), engine.backend.detokenize,
+                                  TOOL_CALL_OPEN + "\n")
+    if proc is not None:
+        req.processors = [*req.processors, proc]
+        c.constraint = getattr(proc, "engine", None)
     c.request = req
     return c
 
@@ -220,6 +251,8 @@ def final_chunk(c: Call) -> ChatGenerationChunk:
         meta["replaced"] = True
     if c.tools_active:
         meta["tool_format"] = c.tool_format
+    if c.constraint is not None:
+        meta["constraint"] = c.constraint  # "llguidance" or "builtin"
     finish_reason = (
         "tool_calls" if parsed.tool_calls else ("length" if reason == "length" else "stop")
     )

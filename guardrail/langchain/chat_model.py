@@ -55,6 +55,7 @@ from guardrail.models import EMBEDDED_FILE
 from guardrail.policy import Policy, PolicySource
 from guardrail.policy.loader import default_policy_name
 from guardrail.policy.schema import CallerRights
+from guardrail.langchain.structured import response_schema
 from guardrail.langchain.tool_calls import check_tools, normalise_tool_choice
 
 _INSTANCE_OPTIONS = ("model", "backend", "system_prompt", *LOAD_OPTIONS, *SAMPLING_OPTIONS,
@@ -238,7 +239,9 @@ class GuardedChatModel(BaseChatModel):
     ) -> Call:
         policy = self._policy_for(split_call_kwargs(kwargs))
         return prepare(policy, messages, stop=[*(self.stop or []), *stop_list(stop)],
-                       tools=kwargs.get("tools"), tool_choice=kwargs.get("tool_choice"))
+                       tools=kwargs.get("tools"), tool_choice=kwargs.get("tool_choice"),
+                       response_format=kwargs.get("response_format"),
+                       parallel_tool_calls=kwargs.get("parallel_tool_calls"))
 
     def _stream_call(
         self, call: Call, run_manager: CallbackManagerForLLMRun | None
@@ -363,10 +366,50 @@ class GuardedChatModel(BaseChatModel):
         normalise_tool_choice(tool_choice, formatted)  # fail now on a bad value
         return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
 
+    def with_structured_output(  # type: ignore[override]
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: Literal["function_calling", "json_schema", "json_mode"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """Answers as ``schema`` (a Pydantic class, TypedDict, JSON schema or OpenAI tool).
+
+        Args:
+            schema: the output schema; a Pydantic class gives instances, anything else dicts.
+                May be ``None`` with ``method="json_mode"`` (any JSON object).
+            method: ``"json_schema"`` (default): the answer is decoded as JSON under the
+                schema (``response_format``); ``"json_mode"``: as any JSON object when no
+                schema is given (describe the keys in the prompt), under the schema when one
+                is (a local model can follow it, and the parser demands it);
+                ``"function_calling"``: as a forced call of a tool made from the schema. All
+                three are constrained token by token, so the JSON parses whenever the token
+                budget lets it close.
+            include_raw: return ``{"raw": AIMessage, "parsed": ..., "parsing_error": ...}``
+                instead of raising when parsing fails.
+            strict: accepted for LangChain compatibility; the schema is always enforced by
+                constrained decoding (``strict=False`` loosens nothing and tightens nothing).
+
+        When the policy answers instead of the model (a request rule, or a refusal it
+        replaced), parsing raises :class:`~guardrail.errors.RefusalError`, a LangChain
+        ``ModelRefusalError``, with the policy's message as ``raw_message``.
+        """
+        from guardrail.langchain.structured import structured_runnable
+
+        if kwargs:
+            raise ConfigError(f"with_structured_output: unknown argument(s) "
+                              f"{', '.join(sorted(kwargs))}; allowed: schema, method, "
+                              "include_raw, strict")
+        return structured_runnable(self, schema, method=method, include_raw=include_raw,
+                                   strict=strict)
+
     def bind(self, **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
-        """Bind call options, checked now: an option the model does not take (e.g.
-        ``parallel_tool_calls``) fails here, naming it, not at the first invoke."""
+        """Bind call options, checked now: an option the model does not take, or a
+        ``response_format`` it cannot follow, fails here, naming it, not at the first invoke."""
         split_call_kwargs(kwargs)
+        response_schema(kwargs.get("response_format"))
         return super().bind(**kwargs)
 
 

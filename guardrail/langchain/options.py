@@ -33,7 +33,8 @@ CALL_OPTIONS = ("policy", "system_prompt", *SAMPLING_OPTIONS, *STRATEGY_OPTIONS)
 #: Model-loading options (instance fields only: changing them means another loaded model).
 LOAD_OPTIONS = ("n_ctx", "n_threads", "n_gpu_layers", "n_streams", "kv", "device", "dtype")
 #: Call keywords that are not policy options (handled by the chat model itself).
-CALL_ONLY = ("tools", "tool_choice", "stop", "ls_structured_output_format", "max_tokens")
+CALL_ONLY = ("tools", "tool_choice", "stop", "ls_structured_output_format", "max_tokens",
+             "response_format", "parallel_tool_calls")
 
 
 #: Policy files kept loaded (least recently used dropped first).
@@ -139,6 +140,8 @@ def split_call_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
             call[k] = v
         elif k == "max_tokens":
             call["max_new_tokens"] = v
+        elif k == "parallel_tool_calls" and v is not None and not isinstance(v, bool):
+            raise ConfigError(f"parallel_tool_calls: expected true, false or None, got {v!r}")
         elif k in CALL_ONLY:
             continue
         elif k == "model":
@@ -149,7 +152,7 @@ def split_call_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
         else:
             raise ConfigError(
                 f"unknown call option {k!r}; allowed: {', '.join(CALL_OPTIONS)}, "
-                "max_tokens, stop, tools, tool_choice"
+                "max_tokens, stop, tools, tool_choice, parallel_tool_calls, response_format"
             )
     return call
 

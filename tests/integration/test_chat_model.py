@@ -360,7 +360,7 @@ def test_structured_output() -> None:
         name: str
 
     model = llm(policy="plain", max_new_tokens=12)
-    runnable = model.with_structured_output(City, include_raw=True)
+    runnable = model.with_structured_output(City, method="function_calling", include_raw=True)
     out = runnable.invoke("Name the capital of France.")
     raw = out["raw"]
     assert isinstance(raw, AIMessage) and raw.tool_calls  # the answer was forced into a call

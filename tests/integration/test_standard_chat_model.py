@@ -54,7 +54,7 @@ class _Flags:
 
     @property
     def supports_json_mode(self) -> bool:
-        return False
+        return True  # response_format json_object / json_schema, decoded under a JSON grammar
 
     @property
     def supports_image_inputs(self) -> bool:

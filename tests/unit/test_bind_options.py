@@ -18,8 +18,10 @@ def weather(city: str) -> str:
 
 def test_unknown_option_fails_at_bind_time_naming_it() -> None:
     llm = GuardedChatModel(policy="plain")
-    with pytest.raises(ConfigError, match="unknown call option 'parallel_tool_calls'"):
-        llm.bind_tools([weather], parallel_tool_calls=False)
+    with pytest.raises(ConfigError, match="parallel_tool_calls: expected"):
+        llm.bind_tools([weather], parallel_tool_calls="sometimes")
+    with pytest.raises(ConfigError, match="response_format: expected"):
+        llm.bind(response_format="json")
     with pytest.raises(ConfigError, match="unknown call option 'temprature'"):
         llm.bind(temprature=0.2)
     with pytest.raises(ConfigError, match="switching the model per call"):

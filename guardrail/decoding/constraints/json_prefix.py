@@ -254,9 +254,10 @@ def check_json_prefix(
     return "complete" if p.i == len(text) else "invalid"
 
 
-def string_limit(schema: Mapping[str, Any], budget: int) -> int:
+def string_limit(schema: Mapping[str, Any], budget: int, cap: int | None = MAX_STRING) -> int:
     """Longest string value that still lets every field fit in ``budget`` tokens (about 2.5
-    characters a token, 8 tokens of keys and punctuation a field), between 8 and MAX_STRING."""
+    characters a token, 8 tokens of keys and punctuation a field), at least 8 and at most
+    ``cap`` (``None``: the budget alone decides)."""
     tools = schema.get(TOOLS_KEY)
     fields = max(
         [len((p or {}).get("properties") or {}) for p in tools.values()] if tools
@@ -264,4 +265,5 @@ def string_limit(schema: Mapping[str, Any], budget: int) -> int:
         default=0,
     )
     fields = max(fields, 1)
-    return int(max(8, min(MAX_STRING, (budget - 8 * fields - 6) * 2.5 / fields)))
+    fit = (budget - 8 * fields - 6) * 2.5 / fields
+    return int(max(8, fit if cap is None else min(cap, fit)))

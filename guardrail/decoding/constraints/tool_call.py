@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from guardrail.decoding.constraints.json_prefix import check_json_prefix, string_limit
 
 
-def _only(tok: int, like: NDArray[np.float32]) -> NDArray[np.float32]:
+def only(tok: int, like: NDArray[np.float32]) -> NDArray[np.float32]:
     """Logits shaped like ``like`` that allow ``tok`` alone (0 there, ``-inf`` elsewhere)."""
     out = np.full_like(like, -np.inf)
     out[tok] = 0.0
@@ -46,7 +46,12 @@ class ToolCallConstraint:
     ``generated_ids`` the loop passes (not from what this object returned), so the constraint
     follows what was actually sampled. A shorter ``generated_ids`` than already seen means a new
     decode of the request and resets it.
+
+    ``max_string`` overrides the longest string value (default: :func:`string_limit` of the
+    budget).
     """
+
+    engine = "builtin"  # which JSON engine this is (reported in the answer's metadata)
 
     def __init__(
         self,
@@ -61,6 +66,7 @@ class ToolCallConstraint:
         special_ids: Collection[int] = frozenset(),
         budget: int = 256,
         candidates: int = 256,
+        max_string: int | None = None,
     ) -> None:
         self.schema = schema
         self.texts = token_texts
@@ -69,7 +75,7 @@ class ToolCallConstraint:
         self.closing_ids = [*tokenize(closing), end_id] if closing else [end_id]
         self.special = frozenset(special_ids)
         self.candidates = candidates
-        self.max_string = string_limit(schema, budget)
+        self.max_string = string_limit(schema, budget) if max_string is None else max_string
         self._reset()
 
     def _reset(self) -> None:
@@ -134,8 +140,8 @@ class ToolCallConstraint:
         if self.closed_at is None:
             tok = self._choose(logits, answer_logits)
             if tok is not None:
-                return _only(tok, logits)
+                return only(tok, logits)
             self.closed_at = len(generated_ids)  # nothing can continue the JSON: close it now
         k = len(generated_ids) - self.closed_at
-        return _only(self.closing_ids[k] if k < len(self.closing_ids) else self.closing_ids[-1],
+        return only(self.closing_ids[k] if k < len(self.closing_ids) else self.closing_ids[-1],
                      logits)
