@@ -198,12 +198,11 @@ def json_constraint(
         return builtin()
     try:
         grammar = llg.grammar_for_schema(llg.bound_values(closed_objects(full), limit))
-        llg.check_grammar(grammar, tokenizer, what)
         proc = llg.GrammarConstraint(
             tokenizer, grammar, vocab_size=b.vocab_size,
             closing_ids=[*(b.tokenize(closing) if closing else []), end_id],
             end_ids=b.end_of_turn_ids,
-            opening_ids=b.tokenize(opening) if opening else (),
+            opening_ids=b.tokenize(opening) if opening else (), what=what,
         )
     except (ConfigError, ValueError):
         if choice == "llguidance":

@@ -151,16 +151,6 @@ def grammar_for_schema(schema: Mapping[str, Any]) -> str:
     return str(llguidance.LLMatcher.grammar_from_lark(lark))
 
 
-def check_grammar(grammar: str, tokenizer: Any, what: str) -> None:
-    """Raise a :class:`ConfigError` naming ``what`` when llguidance cannot compile ``grammar``
-    (a schema feature it does not implement, or a schema that is not one)."""
-    import llguidance
-
-    error = llguidance.LLMatcher.validate_grammar(grammar, tokenizer)
-    if error and not error.startswith("WARNING"):
-        raise ConfigError(f"{what}: the grammar engine cannot follow this schema ({error})")
-
-
 class GrammarConstraint:
     """A per-request :class:`~guardrail.decoding.processors.LogitsProcessor` backed by an
     llguidance matcher.
@@ -186,14 +176,16 @@ class GrammarConstraint:
         closing_ids: Sequence[int],
         end_ids: Collection[int] = (),
         opening_ids: Sequence[int] = (),
+        what: str = "grammar",
     ) -> None:
         import llguidance
         import llguidance.numpy as llg_np
 
         self._fill = llg_np.fill_next_token_bitmask
         self.matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
-        if self.matcher.is_error():
-            raise ConfigError(f"grammar: {self.matcher.get_error()}")
+        if self.matcher.is_error():  # ``what`` names the schema's source in the error
+            raise ConfigError(f"{what}: the grammar engine cannot follow this schema "
+                              f"({self.matcher.get_error()})")
         self.vocab_size = vocab_size
         self.closing_ids = list(closing_ids)
         self.end_ids = frozenset(end_ids) | {self.closing_ids[-1]}
@@ -258,5 +250,5 @@ class GrammarConstraint:
 
 __all__ = [
     "ANY_VALUE", "JSON_LAYOUT", "MAX_INTEGER", "GrammarConstraint", "available", "bound_values",
-    "check_grammar", "grammar_for_schema",
+    "grammar_for_schema",
 ]
