@@ -15,6 +15,7 @@ are done and is decoded holding the lock throughout. Whatever is worth computing
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, closing, nullcontext
 from dataclasses import dataclass, field
@@ -157,7 +158,9 @@ class Engine:
     ) -> GenerationRequest:
         """A ready request: the plan's streams and rule, sampling and stops from the policy."""
         sp = policy.sampling
+        t0 = time.perf_counter()
         p = self.plan(policy, messages, tools=tools)
+        plan_s = time.perf_counter() - t0
         return GenerationRequest(
             prompts=p.prompts[: p.rule.n_streams],
             rule=p.rule,
@@ -166,6 +169,7 @@ class Engine:
             max_new_tokens=sp.max_new_tokens,
             stop=[*sp.stop, *stop],
             probe=dict(p.probe),
+            timings={"plan_s": plan_s, **p.timings},
         )
 
     # ------------------------------------------------------------------ decoding

@@ -23,7 +23,7 @@ from typing import Any
 
 from guardrail.adapters.base import Backend
 from guardrail.engine import Engine
-from guardrail.errors import ConfigError
+from guardrail.errors import ConfigError, ModelNotFoundError
 from guardrail.models import resolve_model_path
 from guardrail.policy.model import ModelConfig
 
@@ -124,6 +124,25 @@ def get_engine(cfg: ModelConfig) -> Engine:
             max_models()  # a bad $GUARDRAIL_MAX_MODELS fails before loading, not after
             engine = _store(key, Engine(_load_backend(cfg), load=get_engine), dropped)
     return engine
+
+
+def model_name(cfg: ModelConfig) -> str:
+    """The name the backend for ``cfg`` reports (``backend.model_name``), without loading it:
+    the loaded engine's when it is cached, else what the backend will call itself (the file or
+    folder name; a transformers LoRA merged into the weights adds ``+adapter``). LangChain's
+    ``ls_model_name`` and the answer's ``model_name`` come from here and from the backend."""
+    try:
+        key = _cache_key(cfg)
+    except ModelNotFoundError:  # the call that loads it fails with this error itself
+        return Path(str(cfg.path)).name
+    with _cache_lock:
+        engine = _cache.get(key) or _live.get(key)
+    if engine is not None:
+        return engine.backend.model_name
+    name = Path(key[1]).name
+    if cfg.backend == "transformers" and cfg.lora is not None:
+        name = f"{name}+{Path(cfg.lora).name}"
+    return name
 
 
 def engine_for(backend: Backend) -> Engine:

@@ -57,6 +57,9 @@ class GenerationRequest:
         probe: what a prompt probe read when the request was planned (``harm`` =
             P(harmful)); not used to decode, carried so traces and evaluation rows show why an
             answer went the way it did.
+        timings: seconds spent on the request before decoding (``plan_s``: rendering,
+            tokenising and any probe; ``probe_s``: the prompt probe alone), reported with the
+            scheduler's own timings.
     """
 
     prompts: Sequence[Sequence[int]]
@@ -68,6 +71,7 @@ class GenerationRequest:
     backend: Backend | None = None
     processors: Sequence[LogitsProcessor] = ()
     probe: Mapping[str, float] = field(default_factory=dict)
+    timings: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

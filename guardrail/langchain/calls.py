@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -95,6 +96,7 @@ class Call:
     parsed: ParsedOutput | None = None  # the final answer: text, tool calls, invalid calls
     constraint: str | None = None  # the JSON engine of a forced call or response format
     structured: bool = False  # the answer is JSON under a response format
+    timings: dict[str, float] = field(default_factory=dict)  # seconds the guard spent (rules_s)
 
     @property
     def policy(self) -> Policy:
@@ -135,7 +137,9 @@ def prepare(
                           f"(tool_choice={tool_choice!r}); the answer would be the call")
     support = template_support(engine)
     tmpl = to_template_messages(messages, support if tools else None)
+    t0 = time.perf_counter()
     verdict = guard.check_request(tmpl)  # the caller's conversation, before tools are merged
+    rules_s = time.perf_counter() - t0
     render_tools: list[dict[str, Any]] | None = None
     if tools and mode != "none":
         tmpl, render_tools = merge_tools(tmpl, tools, support)
@@ -146,7 +150,7 @@ def prepare(
     ):
         stops.append(TOOL_CALL_CLOSE)
     c = Call(engine, guard, None, tmpl, tools, mode, support.format, prefix,
-             structured=answer_schema is not None)
+             structured=answer_schema is not None, timings={"rules_s": rules_s})
     if answer_schema is not None and c.tools_active and support.format != "hermes":
         raise ConfigError("response_format: with tools offered, this model's template writes "
                           "calls as bare JSON (Llama-3.1 style), which a JSON answer cannot be "
@@ -188,6 +192,23 @@ def prepare(
     return c
 
 
+def call_timings(c: Call, review_s: float) -> dict[str, float]:
+    """Seconds this call took, by part: the scheduler's (``queue_s``, ``prefill_s``,
+    ``first_token_s``, ``decode_s``, ``total_s``: from submission to the last token), the
+    planning (``plan_s``: rendering, tokenising, any probe), and the guard's own work outside
+    decoding: ``rules_s`` (request rules), ``probe_s`` (a prompt probe), ``review_s`` (refusal
+    detection) and their sum ``guard_s``. A contrast stream's cost is inside ``decode_s`` (it
+    decodes in the same batched step); benchmarks measure it against plain decoding."""
+    t: dict[str, float] = dict(c.timings)
+    if c.request is not None:
+        t.update(c.request.timings)
+    if c.finish is not None:
+        t.update(c.finish.timings)
+    t["review_s"] = review_s
+    t["guard_s"] = t["rules_s"] + t.get("probe_s", 0.0) + review_s
+    return {k: round(v, 4) for k, v in t.items()}
+
+
 def _on_token(c: Call, text: str) -> str:
     """Record released text; return what may be streamed now."""
     c.generated += text
@@ -218,11 +239,13 @@ def final_chunk(c: Call) -> ChatGenerationChunk:
     )
     prompt = last_user_text(c.template_messages)
     content, replaced = parsed.content, False
+    t0 = time.perf_counter()
     if c.preset is not None:
         verdict = c.guard.detector(prompt, content)
     else:
         answer = c.guard.review(prompt, content)
         content, replaced, verdict = answer.text, answer.replaced, answer.refusal
+    review_s = time.perf_counter() - t0
     if content.startswith(c.emitted):
         rest = content[len(c.emitted) :]
     elif content.startswith(c.emitted.strip()):
@@ -243,8 +266,7 @@ def final_chunk(c: Call) -> ChatGenerationChunk:
     }
     if c.request is not None and c.request.probe:
         meta["probe"] = plain_data(dict(c.request.probe))  # e.g. {"harm": P(harmful)}
-    if fin is not None and fin.timings:
-        meta["timings"] = {k: round(v, 4) for k, v in fin.timings.items()}
+    meta["timings"] = call_timings(c, review_s)
     if c.matched_rule is not None:
         meta["matched_rule"] = c.matched_rule
     if replaced:

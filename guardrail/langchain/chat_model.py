@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -50,8 +49,8 @@ from guardrail.langchain.options import (
     validation_summary,
 )
 from guardrail.engine import Engine
+from guardrail.loading import model_name as loaded_model_name
 from guardrail.errors import ConfigError
-from guardrail.models import EMBEDDED_FILE
 from guardrail.policy import Policy, PolicySource
 from guardrail.policy.loader import default_policy_name
 from guardrail.policy.schema import CallerRights
@@ -218,8 +217,7 @@ class GuardedChatModel(BaseChatModel):
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         s = self._policy_obj.sampling
-        path = self._policy_obj.model.path
-        label = Path(EMBEDDED_FILE).name if path is None else Path(path).name  # = model_name
+        label = loaded_model_name(self._policy_obj.model)  # = response_metadata["model_name"]
         params = LangSmithParams(
             ls_provider="guardrail",
             ls_model_name=kwargs.get("model") or label,

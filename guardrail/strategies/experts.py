@@ -9,6 +9,7 @@ streams that run elsewhere than the guarded model are placed by a routed backend
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from guardrail.adapters.base import Backend, HasLayerHooks, HasLoraContexts, require
@@ -112,7 +113,9 @@ def plan(s: ExpertsStrategy, engine: Engine, messages: list[dict[str, Any]], too
     helpfulness expert's, then AdaCD's safety stream (if any), each on its member model."""
     if is_faithful(s, engine.backend):
         return Plan([engine.backend.encode_chat(messages, tools=tools)], _faithful_rule(s, engine))
+    t0 = time.perf_counter()
     router = _router(s, engine, messages)
+    timings = {"probe_s": time.perf_counter() - t0} if isinstance(s.router, FileRouter) else {}
     rule = ExpertsRule(router=router, adacd=adacd_rule(s.adacd) if s.adacd else None)
     # a probe router's weights are (P(harmful), 1 - P(harmful)): the reading, for traces
     probe = {"harm": router.alpha} if isinstance(s.router, FileRouter) else {}
@@ -127,10 +130,10 @@ def plan(s: ExpertsStrategy, engine: Engine, messages: list[dict[str, Any]], too
     ]
     members = list({id(m.backend): m for m in [engine, *(m for m, _ in runs)]}.values())
     if len(members) == 1:
-        return Plan(prompts, rule, probe=probe)
+        return Plan(prompts, rule, probe=probe, timings=timings)
     index = {id(m.backend): i for i, m in enumerate(members)}
     routed = RoutedBackend(
         [m.backend for m in members], [index[id(m.backend)] for m, _ in runs],
         locks=list({id(m.lock): m.lock for m in members}.values()),
     )
-    return Plan(prompts, rule, routed, probe=probe)
+    return Plan(prompts, rule, routed, probe=probe, timings=timings)

@@ -3,6 +3,7 @@ switched by a prompt probe's P(harmful), read here once per request before the r
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from guardrail.decoding.gated_cd import GatedCDRule, refusal_start_ids
@@ -24,13 +25,16 @@ def plan(s: GatedCDStrategy, engine: Engine, messages: list[dict[str, Any]], too
         ids = engine.cached(("refusal_ids", tuple(s.refusal_phrases)),
                             lambda: refusal_start_ids(s.refusal_phrases, engine.backend.tokenize))
     harm = None
+    timings: dict[str, float] = {}
     gate: dict[str, Any] = {}
     if s.probe is not None:
         gate = {"threshold": s.probe.threshold, "ban_below": s.probe.ban_below,
                 "refuse_above": s.probe.refuse_above}
         if s.steps > 0:
             path = s.probe.path  # the probe runs the model: where the model runs
+            t0 = time.perf_counter()
             harm = engine.run(lambda: prompt_harm(path, engine.backend, messages))
+            timings["probe_s"] = time.perf_counter() - t0
     rule = GatedCDRule(ids, alpha=s.alpha, lam=s.lam, beta=s.beta, steps=s.steps, harm=harm,
                        **gate)
     convs = [messages]
@@ -38,4 +42,4 @@ def plan(s: GatedCDStrategy, engine: Engine, messages: list[dict[str, Any]], too
         convs.append(contrast_messages(messages, s.safety_prompt, engine.default_system,
                                        system_role=engine.system_role))
     prompts = [engine.backend.encode_chat(c, tools=tools) for c in convs]
-    return Plan(prompts, rule, probe={} if harm is None else {"harm": harm})
+    return Plan(prompts, rule, probe={} if harm is None else {"harm": harm}, timings=timings)

@@ -31,6 +31,7 @@ class Plan:
     rule: Rule
     backend: Backend | None = None  # None: the engine's backend runs every stream
     probe: dict[str, float] = field(default_factory=dict)  # what a prompt probe read (harm, ...)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: probe_s (a prompt probe)
 
 
 Planner = Callable[[Any, "Engine", list[dict[str, Any]], Tools], Plan]
