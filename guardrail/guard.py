@@ -16,7 +16,7 @@ from guardrail.engine import Engine
 from guardrail.errors import RefusalError
 from guardrail.policy.schema import Action, Policy
 from guardrail.refusal import get_detector
-from guardrail.refusal.base import Detector, RefusalResult
+from guardrail.refusal.base import DecidesEarly, Detector, RefusalResult
 
 
 def last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
@@ -116,6 +116,13 @@ class Guard:
         if act.action == "replace":
             return AnswerVerdict(act.message, verdict, replaced=True)
         return AnswerVerdict(answer, verdict)
+
+    def decide_early(self, prompt: str, partial: str) -> RefusalResult | None:
+        """The detector's verdict on every answer that starts with ``partial``, or None while it
+        cannot tell (or cannot decide before the end at all: the judge). A held answer is
+        released once this says it is no refusal, and stays held to the end otherwise."""
+        det = self.detector
+        return det.decide_prefix(prompt, partial) if isinstance(det, DecidesEarly) else None
 
     @property
     def holds_answer(self) -> bool:

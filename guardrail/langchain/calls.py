@@ -11,7 +11,6 @@ does not fit the model's context) raises, or, when isolated, fails alone: ``Call
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.messages import ToolCallChunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk
 
 from guardrail.decoding.loop import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
@@ -30,6 +29,7 @@ from guardrail.guard import Guard, last_user_text
 from guardrail.loading import get_engine
 from guardrail.policy import Policy
 from guardrail.policy.decisions import log_step
+from guardrail.langchain.call_stream import CallStream
 from guardrail.langchain.messages import add_tools_to_system, to_template_messages
 from guardrail.langchain.structured import ToolCallOrJson, json_constraint, response_schema
 from guardrail.langchain.tool_calls import (
@@ -97,10 +97,18 @@ class Call:
     constraint: str | None = None  # the JSON engine of a forced call or response format
     structured: bool = False  # the answer is JSON under a response format
     timings: dict[str, float] = field(default_factory=dict)  # seconds the guard spent (rules_s)
+    hold: bool = False  # the answer is held: on_refusal may replace it (see _released)
+    early: str | None = None  # the detector's early decision on a held answer
+    call_stream: CallStream | None = None  # tool calls streamed as they decode
 
     @property
     def policy(self) -> Policy:
         return self.guard.policy
+
+    @property
+    def prompt(self) -> str:
+        """The text the refusal detector reads the answer against (the last user turn)."""
+        return last_user_text(self.template_messages)
 
     @property
     def tools_active(self) -> bool:
@@ -150,7 +158,10 @@ def prepare(
     ):
         stops.append(TOOL_CALL_CLOSE)
     c = Call(engine, guard, None, tmpl, tools, mode, support.format, prefix,
-             structured=answer_schema is not None, timings={"rules_s": rules_s})
+             structured=answer_schema is not None, timings={"rules_s": rules_s},
+             hold=guard.holds_answer)
+    if c.tools_active:
+        c.call_stream = CallStream(support.format, tool_names(tools))
     if answer_schema is not None and c.tools_active and support.format != "hermes":
         raise ConfigError("response_format: with tools offered, this model's template writes "
                           "calls as bare JSON (Llama-3.1 style), which a JSON answer cannot be "
@@ -209,18 +220,33 @@ def call_timings(c: Call, review_s: float) -> dict[str, float]:
     return {k: round(v, 4) for k, v in t.items()}
 
 
-def _on_token(c: Call, text: str) -> str:
-    """Record released text; return what may be streamed now."""
-    c.generated += text
-    if c.guard.holds_answer:
-        return ""
-    full = c.prefix + c.generated
+def _released(c: Call, full: str) -> bool:
+    """Whether a held answer may stream now. It is held (``on_refusal`` may replace it) only
+    until the refusal detector can decide on how it starts: released when that says it is no
+    refusal, held to the end when it says refusal (or when it can only decide at the end)."""
+    if not c.hold:
+        return True
+    if c.early is not None:  # decided: a refusal, held to the end
+        return False
     end = safe_text_end(full, c.tool_format) if c.tools_active else len(full)  # type: ignore[arg-type]
-    if end <= len(c.emitted):
-        return ""
-    new = full[len(c.emitted) : end]
+    verdict = c.guard.decide_early(c.prompt, full[:end])
+    if verdict is None:
+        return False
+    c.early = "refusal" if verdict.refused else "answer"
+    c.hold = verdict.refused
+    return not c.hold
+
+
+def _on_token(c: Call, text: str) -> tuple[str, list[ToolCallChunk]]:
+    """Record released text; return what may be streamed now: text, and tool-call chunks."""
+    c.generated += text
+    full = c.prefix + c.generated
+    if not _released(c, full):
+        return "", []
+    end = safe_text_end(full, c.tool_format) if c.tools_active else len(full)  # type: ignore[arg-type]
+    new = full[len(c.emitted) : end] if end > len(c.emitted) else ""
     c.emitted += new
-    return new
+    return new, c.call_stream.update(full) if c.call_stream is not None else []
 
 
 def final_chunk(c: Call) -> ChatGenerationChunk:
@@ -237,7 +263,7 @@ def final_chunk(c: Call) -> ChatGenerationChunk:
         parse_tool_calls(full, tool_names(c.tools)) if c.tools_active and c.preset is None
         else ParsedOutput(full)
     )
-    prompt = last_user_text(c.template_messages)
+    prompt = c.prompt
     content, replaced = parsed.content, False
     t0 = time.perf_counter()
     if c.preset is not None:
@@ -271,6 +297,8 @@ def final_chunk(c: Call) -> ChatGenerationChunk:
         meta["matched_rule"] = c.matched_rule
     if replaced:
         meta["replaced"] = True
+    if c.early is not None:  # a held answer: how the detector decided while it decoded
+        meta["early_decision"] = c.early
     if c.tools_active:
         meta["tool_format"] = c.tool_format
     if c.constraint is not None:
@@ -278,23 +306,12 @@ def final_chunk(c: Call) -> ChatGenerationChunk:
     finish_reason = (
         "tool_calls" if parsed.tool_calls else ("length" if reason == "length" else "stop")
     )
-    chunks = [
-        tool_call_chunk(
-            name=tc["name"], args=json.dumps(tc["args"], ensure_ascii=False), id=tc["id"],
-            index=i,
-        )
-        for i, tc in enumerate(parsed.tool_calls)
-    ]
-    # An invalid call's raw text must not be "repaired" by partial-JSON parsing when
-    # stream chunks are merged, so its chunk carries the raw model output, tag included.
-    chunks += [
-        tool_call_chunk(
-            name=bad.get("name"), args=f"<tool_call>{bad.get('args') or ''}",
-            id=bad.get("id"), index=len(chunks) + i,
-        )
-        for i, bad in enumerate(parsed.invalid_tool_calls)
-    ]
-    c.parsed = ParsedOutput(c.emitted + rest, parsed.tool_calls, parsed.invalid_tool_calls)
+    chunks = (
+        c.call_stream.finish(full, parsed) if c.call_stream is not None and c.preset is None
+        else []
+    )
+    c.parsed = ParsedOutput(c.emitted + rest, parsed.tool_calls, parsed.invalid_tool_calls,
+                            parsed.in_order)
     msg = AIMessageChunk(
         content=rest,
         tool_call_chunks=chunks,
@@ -342,10 +359,10 @@ def decode_calls(
                 c = calls[live[ev.request]]
                 if isinstance(ev, TokenEvent):
                     log_step(c.policy, ev.step, ev.info)
-                    new = _on_token(c, ev.text)
-                    if new:
+                    new, calls_so_far = _on_token(c, ev.text)
+                    if new or calls_so_far:
                         yield live[ev.request], ChatGenerationChunk(
-                            message=AIMessageChunk(content=new)
+                            message=AIMessageChunk(content=new, tool_call_chunks=calls_so_far)
                         )
                 elif isinstance(ev, FinishEvent):
                     c.finish = ev

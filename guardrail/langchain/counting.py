@@ -65,7 +65,7 @@ def model_profile(policy: Policy) -> ModelProfile:
         "audio_inputs": False, "video_inputs": False, "pdf_inputs": False,
         "text_outputs": True, "image_outputs": False, "audio_outputs": False,
         "video_outputs": False, "tool_calling": True, "tool_choice": True,
-        "tool_call_streaming": False, "structured_output": True, "reasoning_output": False,
+        "tool_call_streaming": True, "structured_output": True, "reasoning_output": False,
         "temperature": True,
     }
     context = _context_tokens(policy)

@@ -152,9 +152,12 @@ class ParsedOutput:
     content: str
     tool_calls: list[ToolCall] = field(default_factory=list)
     invalid_tool_calls: list[InvalidToolCall] = field(default_factory=list)
+    # every call, valid or not, in the order the answer wrote them (the stream's indexes)
+    in_order: list[ToolCall | InvalidToolCall] = field(default_factory=list)
 
 
-def _new_id() -> str:
+def new_call_id() -> str:
+    """A tool call id in OpenAI's style."""
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
@@ -169,12 +172,12 @@ def _to_call(obj: Any, raw: str) -> ToolCall | InvalidToolCall:
         if args is None:
             args = {}
         if isinstance(args, Mapping):
-            return ToolCall(name=obj["name"], args=dict(args), id=_new_id(), type="tool_call")
+            return ToolCall(name=obj["name"], args=dict(args), id=new_call_id(), type="tool_call")
     name = obj.get("name") if isinstance(obj, Mapping) else None
     return InvalidToolCall(
         name=name if isinstance(name, str) else None,
         args=raw,
-        id=_new_id(),
+        id=new_call_id(),
         error="a tool call must be a JSON object with a string 'name' and an object "
         "'arguments' (or 'parameters')",
         type="invalid_tool_call",
@@ -190,6 +193,7 @@ def parse_tool_calls(text: str, names: Sequence[str] = ()) -> ParsedOutput:
         content_parts: list[str] = []
         calls: list[ToolCall] = []
         invalid: list[InvalidToolCall] = []
+        in_order: list[ToolCall | InvalidToolCall] = []
         pos = 0
         while True:
             start = text.find(TOOL_CALL_OPEN, pos)
@@ -205,20 +209,21 @@ def parse_tool_calls(text: str, names: Sequence[str] = ()) -> ParsedOutput:
             try:
                 obj, _ = _DECODER.raw_decode(raw)
             except json.JSONDecodeError as e:
-                invalid.append(
-                    InvalidToolCall(
-                        name=None, args=raw, id=_new_id(), error=f"invalid JSON: {e}",
-                        type="invalid_tool_call",
-                    )
+                bad = InvalidToolCall(
+                    name=None, args=raw, id=new_call_id(), error=f"invalid JSON: {e}",
+                    type="invalid_tool_call",
                 )
+                invalid.append(bad)
+                in_order.append(bad)
                 continue
             call = _to_call(obj, raw)
             if call.get("type") == "tool_call":
                 calls.append(call)  # type: ignore[arg-type]
             else:
                 invalid.append(call)  # type: ignore[arg-type]
+            in_order.append(call)
         content = "".join(content_parts).strip() if (calls or invalid) else text
-        return ParsedOutput(content, calls, invalid)
+        return ParsedOutput(content, calls, invalid, in_order)
     stripped = text.strip()
     if stripped.startswith(PYTHON_TAG):
         stripped = stripped[len(PYTHON_TAG) :].strip()
@@ -231,8 +236,8 @@ def parse_tool_calls(text: str, names: Sequence[str] = ()) -> ParsedOutput:
             call = _to_call(obj, stripped[:end])
             rest = stripped[end:].strip()
             if call.get("type") == "tool_call":
-                return ParsedOutput(rest, [call])  # type: ignore[list-item]
-            return ParsedOutput(rest, [], [call])  # type: ignore[list-item]
+                return ParsedOutput(rest, [call], [], [call])  # type: ignore[list-item]
+            return ParsedOutput(rest, [], [call], [call])  # type: ignore[list-item]
     return ParsedOutput(text)
 
 
@@ -305,7 +310,7 @@ def call_schema(tools: Sequence[Mapping[str, Any]], name: str | None) -> dict[st
 
 
 __all__ = [
-    "HERMES_TOOLS_SYSTEM", "PYTHON_TAG", "TOOL_CALL_CLOSE", "TOOL_CALL_OPEN", "ParsedOutput",
+    "HERMES_TOOLS_SYSTEM", "new_call_id", "PYTHON_TAG", "TOOL_CALL_CLOSE", "TOOL_CALL_OPEN", "ParsedOutput",
     "TemplateToolSupport", "ToolFormat", "call_schema", "check_tools", "forced_prefix",
     "normalise_tool_choice", "parse_tool_calls", "probe_template", "safe_text_end", "tool_names",
 ]

@@ -43,3 +43,16 @@ class Detector(Protocol):
     def detect_many(self, pairs: Sequence[tuple[str, str]]) -> list[RefusalResult]:
         """Decide several ``(prompt, response)`` pairs (batched where the detector can)."""
         ...
+
+
+@runtime_checkable
+class DecidesEarly(Protocol):
+    """A detector that can decide on how an answer starts, before it is finished.
+
+    ``decide_prefix(prompt, partial)`` returns the verdict every continuation of ``partial``
+    would get (so a held answer can be released, or kept held, while it streams), or None while
+    it cannot tell yet. A detector without it (the judge) decides the whole answer only.
+    """
+
+    def decide_prefix(self, prompt: str, partial: str) -> RefusalResult | None: ...
+

@@ -114,6 +114,10 @@ def _read_refusal_probe(p: Path) -> RefusalProbe:
     return RefusalProbe(weights, answer_tokens, threshold, trained)
 
 
+EARLY_MARGIN = 4
+"""Tokens past what the probe reads before :meth:`RefusalProbeDetector.decide_prefix` decides."""
+
+
 class RefusalProbeDetector:
     """Decide refusals with a :class:`RefusalProbe` on ``backend`` (the model it was trained
     on). ``detector`` is recorded as ``probe:<file name>``."""
@@ -151,6 +155,15 @@ class RefusalProbeDetector:
             label = "full_refusal" if refused else "full_compliance"
             out.append(RefusalResult(refused, self.name, label, f"P(refusal)={p:.3f}", float(p)))
         return out
+
+    def decide_prefix(self, prompt: str, partial: str) -> RefusalResult | None:
+        """The probe reads an answer's first ``answer_tokens`` tokens only, so its verdict on an
+        answer that has a few tokens more (``EARLY_MARGIN``, so the tokens it reads are split
+        the same way in the whole answer) is its verdict on the whole; None before that."""
+        n = len(self.backend.tokenize_text(partial.strip()))
+        if n < self.probe.answer_tokens + EARLY_MARGIN:
+            return None
+        return self(prompt, partial)
 
     def __repr__(self) -> str:
         return f"RefusalProbeDetector({self.name!r}, threshold={self.threshold})"

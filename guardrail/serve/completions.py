@@ -299,11 +299,13 @@ async def _stream(request: Request, state: ServerState, req: p.ChatCompletionReq
         try:
             yield chunk({"role": "assistant", "content": ""})
             current = first
+            whole: AIMessageChunk | None = None  # every chunk so far, merged
             while current is not None:
+                whole = current if whole is None else whole + current
                 if current.chunk_position == "last":
-                    final.append(current)
+                    final.append(whole)
                 delta = t.to_delta(current, structured=structured,
-                                   parallel=req.parallel_tool_calls)
+                                   parallel=req.parallel_tool_calls, whole=whole)
                 if delta:
                     yield chunk(delta)
                 current = await _next(chunks)

@@ -14,6 +14,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, convert_to_messages
 
+from guardrail.langchain.call_stream import streamed_text
 from guardrail.serve import protocol as p
 
 
@@ -50,8 +51,9 @@ def _calls(tool_calls: Sequence[Any]) -> list[dict[str, Any]]:
 def invalid_calls(message: AIMessage | AIMessageChunk) -> list[dict[str, Any]]:
     """Tool calls the model wrote but that did not parse (reported in the ``guardrail``
     extension: OpenAI's shape has no place for them)."""
-    return [{"name": c.get("name"), "arguments": str(c.get("args") or "").removeprefix(
-        "<tool_call>"), "error": c.get("error")} for c in message.invalid_tool_calls]
+    return [{"name": c.get("name"), "arguments": streamed_text(str(c.get("args") or ""))
+             .removeprefix("<tool_call>"), "error": c.get("error")}
+            for c in message.invalid_tool_calls]
 
 
 def tool_calls_of(message: AIMessage | AIMessageChunk, *, parallel: bool | None) -> list[Any]:
@@ -63,7 +65,7 @@ def tool_calls_of(message: AIMessage | AIMessageChunk, *, parallel: bool | None)
 def _arguments_text(raw: str) -> str:
     """The arguments part of a raw (unparsable, usually cut-off) call ``{"name": ...,
     "arguments": ...``: what a JSON answer cut off by the token budget looks like."""
-    raw = raw.removeprefix("<tool_call>").strip()
+    raw = streamed_text(raw).removeprefix("<tool_call>").strip()
     for key in ('"arguments":', '"parameters":'):
         at = raw.find(key)
         if at >= 0:
@@ -97,21 +99,25 @@ def to_openai_message(message: AIMessage, *, structured: bool,
     return out
 
 
-def to_delta(chunk: AIMessageChunk, *, structured: bool,
-             parallel: bool | None = None) -> dict[str, Any]:
-    """A streamed chunk as an OpenAI delta (text; the last chunk's tool calls with indexes).
+def to_delta(chunk: AIMessageChunk, *, structured: bool, parallel: bool | None = None,
+             whole: AIMessageChunk | None = None) -> dict[str, Any]:
+    """A streamed chunk as an OpenAI delta: its text, and with the last chunk the answer's
+    parsed tool calls with indexes, taken from ``whole`` (every chunk merged, since the chat
+    model streams a call's arguments piece by piece) so a call that did not parse is never
+    sent as one.
 
     Text of a structured answer is never streamed (it is a forced call: none is released); its
     JSON comes with the last chunk."""
     delta: dict[str, Any] = {}
     last = chunk.chunk_position == "last"
+    answer = chunk if whole is None else whole
     if structured:
         if last:
-            delta["content"] = structured_content(chunk)
+            delta["content"] = structured_content(answer)
         return delta
     if chunk.text:
         delta["content"] = chunk.text
-    calls = tool_calls_of(chunk, parallel=parallel) if last else []
+    calls = tool_calls_of(answer, parallel=parallel) if last else []
     if calls:
         delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(_calls(calls))]
     return delta

@@ -217,3 +217,20 @@ def test_shipped_probe_agreement_on_held_out_xstest_answers(llama_engine) -> Non
     assert result.excluded == 20  # of the first file's rows 0..29, those with i % 3 != 0
     assert result.n == 70
     assert result.accuracy >= 0.85  # 0.94 on all 300 (docs/evaluation.md)
+
+
+@pytest.mark.llamacpp
+def test_probe_decides_a_long_answer_early_as_it_decides_the_whole(llama_engine) -> None:  # type: ignore[no-untyped-def]
+    det = get_detector("probe")
+    assert isinstance(det, RefusalProbeDetector)
+    n = det.probe.answer_tokens
+    for prompt, answer in (REFUSALS[1], ANSWERS[0]):
+        whole = " ".join([answer] * 4)  # longer than what the probe reads
+        want = det(prompt, whole)
+        cuts = [whole[:i] for i in range(len(answer), len(whole), 7)]
+        early = [(c, det.decide_prefix(prompt, c)) for c in cuts]
+        undecided = [c for c, r in early if r is None]
+        assert all(len(det.backend.tokenize_text(c.strip())) < n + 4 for c in undecided)
+        decided = [r for _, r in early if r is not None]
+        assert decided and all(r.refused == want.refused and r.score == want.score
+                               for r in decided)
