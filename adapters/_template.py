@@ -1,15 +1,18 @@
 """Render a Jinja chat template the way Hugging Face ``apply_chat_template`` does.
 
 GGUF files carry the model's template as ``tokenizer.chat_template``; llama.cpp backends render it
-here so both backends produce the same prompt text for the same messages. Like transformers, it
-knows ``{% generation %}...{% endgeneration %}`` (which marks the assistant's part of a template
-for training masks) and renders its body.
+here so both backends produce the same prompt text for the same messages. Where transformers
+(5.x) is installed its own renderer (``render_jinja_template``, what ``apply_chat_template``
+calls) renders it, so a template renders exactly as on the transformers backend, reasoning
+fields and all. Without transformers a sandboxed environment here does what it does: the same
+globals and filters, ``loopcontrols``, and ``{% generation %}...{% endgeneration %}`` (which marks
+the assistant's part of a template for training masks) rendered as its body.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -62,6 +65,19 @@ def _compile(template: str) -> jinja2.Template:
     return env.from_string(template)
 
 
+@lru_cache(maxsize=1)
+def _transformers_renderer() -> Callable[..., Any] | None:
+    """transformers' ``render_jinja_template`` (5.x), or None where it is not installed."""
+    try:
+        import transformers
+        from transformers.utils.chat_template_utils import render_jinja_template
+    except ImportError:
+        return None
+    if int(str(transformers.__version__).split(".")[0]) < 5:  # another signature before 5
+        return None
+    return render_jinja_template
+
+
 def render_chat_template(
     template: str,
     messages: Sequence[Mapping[str, Any]],
@@ -72,7 +88,32 @@ def render_chat_template(
     eos_token: str = "",
     **extra: Any,
 ) -> str:
-    """Render ``messages`` with ``template`` (sandboxed: a template cannot run code)."""
+    """Render ``messages`` with ``template`` (sandboxed: a template cannot run code), with
+    transformers' renderer where it is installed (see the module docstring)."""
+    hf = _transformers_renderer()
+    if hf is not None:
+        rendered, _ = hf(
+            [[dict(m) for m in messages]], tools=list(tools) if tools else None,
+            chat_template=template, add_generation_prompt=add_generation_prompt,
+            bos_token=bos_token, eos_token=eos_token, **extra,
+        )
+        return str(rendered[0])
+    return render_here(template, messages, tools=tools,
+                       add_generation_prompt=add_generation_prompt, bos_token=bos_token,
+                       eos_token=eos_token, **extra)
+
+
+def render_here(
+    template: str,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    add_generation_prompt: bool = True,
+    bos_token: str = "",
+    eos_token: str = "",
+    **extra: Any,
+) -> str:
+    """Render with this module's own environment (what runs without transformers)."""
     return _compile(template).render(
         messages=[dict(m) for m in messages],
         tools=list(tools) if tools else None,

@@ -6,6 +6,11 @@ import subprocess
 import sys
 import textwrap
 
+import jinja2
+import pytest
+
+from guardrail.adapters import _template
+
 
 def _fresh(code: str) -> str:
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
@@ -30,3 +35,35 @@ def test_loop_controls_and_generation_tag_without_jinja2_ext_preloaded() -> None
         print(render_chat_template(t, msgs))
     ''')
     assert out.strip() == "<user>hi<assistant>hello<user>bye<assistant>"
+
+
+TEMPLATES = {
+    "chatml": ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"),
+    "tools": ("{% if tools %}<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools>"
+              "{% endif %}{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}"
+              "{{ bos_token }}{% if add_generation_prompt %}[assistant]{% endif %}"),
+    "generation": ("{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}"
+                   "{{ m.content }}{% endgeneration %}{% else %}{{ m.content }}{% endif %}"
+                   "{% endfor %}"),
+}
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "héllo"},
+            {"role": "assistant", "content": "hi"}, {"role": "user", "content": "tools?"}]
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+def test_transformers_renders_where_installed_and_the_fallback_agrees() -> None:
+    pytest.importorskip("transformers")
+    assert _template._transformers_renderer() is not None  # the preferred renderer
+    for name, t in TEMPLATES.items():
+        for tools in (None, [TOOL]):
+            ours = _template.render_here(t, MESSAGES, tools=tools, bos_token="<s>")
+            theirs = _template.render_chat_template(t, MESSAGES, tools=tools, bos_token="<s>")
+            assert ours == theirs, name
+
+
+def test_a_template_error_is_raised_by_either_renderer() -> None:
+    t = "{{ raise_exception('roles must alternate') }}"
+    for render in (_template.render_here, _template.render_chat_template):
+        with pytest.raises(jinja2.TemplateError, match="roles must alternate"):
+            render(t, MESSAGES)
