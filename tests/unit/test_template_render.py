@@ -25,7 +25,7 @@ def test_loop_controls_and_generation_tag_without_jinja2_ext_preloaded() -> None
     out = _fresh('''
         import sys
         assert "jinja2.ext" not in sys.modules
-        from guardrail.adapters._template import render_chat_template
+        from guardrail.adapters._template import render_here as render_chat_template
         t = ("{% for m in messages %}{% if m.role == 'system' %}{% continue %}{% endif %}"
              "<{{ m.role }}>{% if m.role == 'assistant' %}{% generation %}{{ m.content }}"
              "{% endgeneration %}{% else %}{{ m.content }}{% endif %}{% endfor %}"
