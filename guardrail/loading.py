@@ -126,20 +126,28 @@ def get_engine(cfg: ModelConfig) -> Engine:
     return engine
 
 
+def loaded_engine(cfg: ModelConfig) -> Engine | None:
+    """The engine for ``cfg`` if it is loaded already (nothing is loaded here)."""
+    try:
+        key = _cache_key(cfg)
+    except ModelNotFoundError:
+        return None
+    with _cache_lock:
+        return _cache.get(key) or _live.get(key)
+
+
 def model_name(cfg: ModelConfig) -> str:
     """The name the backend for ``cfg`` reports (``backend.model_name``), without loading it:
     the loaded engine's when it is cached, else what the backend will call itself (the file or
     folder name; a transformers LoRA merged into the weights adds ``+adapter``). LangChain's
     ``ls_model_name`` and the answer's ``model_name`` come from here and from the backend."""
-    try:
-        key = _cache_key(cfg)
-    except ModelNotFoundError:  # the call that loads it fails with this error itself
-        return Path(str(cfg.path)).name
-    with _cache_lock:
-        engine = _cache.get(key) or _live.get(key)
+    engine = loaded_engine(cfg)
     if engine is not None:
         return engine.backend.model_name
-    name = Path(key[1]).name
+    try:
+        name = resolve_model_path(cfg.path).name
+    except ModelNotFoundError:  # the call that loads it fails with this error itself
+        return Path(str(cfg.path)).name
     if cfg.backend == "transformers" and cfg.lora is not None:
         name = f"{name}+{Path(cfg.lora).name}"
     return name

@@ -9,7 +9,10 @@ by the last token, plus three prompt effects so rules have something to work on:
   refusal starts up at the first token, so a safety stream differs from the plain stream there.
 
 Greedy answers: "Sure, here is a poem about rain." for a poem about rain, "I'm sorry I cannot
-help with that." for a prompt with ``kill`` (plain), each ending in ``<|im_end|>``.
+help with that." for a prompt with ``kill`` (plain), each ending in ``<|im_end|>``. With
+``ponder`` in the conversation the model reasons first: ``<think> it.</think>`` and then the
+answer (``template=`` gives the backend another chat template, e.g. one that knows
+``</think>``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ VOCAB = (
     *SPECIAL, "<unk>", "system", "user", "assistant", ",", ".", "!", "?",
     "Sure", "here", "is", "a", "poem", "about", "it", "I'm", "Sorry", "sorry", "I", "cannot",
     "help", "with", "that", "Please", "refuse", "to", "answer", "me", "Write", "Tell", "How",
-    "do", "kill", "process", "rain", "cats", "bread",
+    "do", "kill", "process", "rain", "cats", "bread", "<think>", "</think>", "ponder",
 )
 ID = {w: i for i, w in enumerate(VOCAB)}
 TOPICS = ("rain", "cats", "bread", "process")
@@ -63,7 +66,7 @@ CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-_PIECE = re.compile(r"<\|\w+\|>|[\w']+|[^\w\s]")
+_PIECE = re.compile(r"<\|\w+\|>|</?think>|[\w']+|[^\w\s]")
 _TEXT_PIECE = re.compile(r"[\w']+|[^\w\s]")  # special parsing off: ``<|im_end|>`` is 5 pieces
 
 
@@ -71,6 +74,8 @@ def next_logits(tokens: Sequence[int]) -> NDArray[np.float32]:
     """The fake model: next-token logits ``[vocab]`` of a stream holding ``tokens``."""
     words = {VOCAB[t] for t in tokens}
     last = VOCAB[tokens[-1]]
+    if last == "</think>":  # the answer after the reasoning starts like any answer
+        last = "assistant"
     z = np.zeros(len(VOCAB), dtype=np.float32)
     for w, score in TABLE.get(last, DEFAULT_ROW).items():
         z[ID[w]] += score
@@ -78,6 +83,12 @@ def next_logits(tokens: Sequence[int]) -> NDArray[np.float32]:
         for topic in TOPICS:
             if topic in words:
                 z[ID[topic]] += 4.0
+    if "ponder" in words and "<think>" not in words and last == "assistant":
+        z[ID["<think>"]] += 6.0  # a reasoning model: it opens a reasoning section
+    if last == "<think>":
+        z[ID["it"]] += 5.0
+    if last == "." and "<think>" in words and "</think>" not in words:
+        z[ID["</think>"]] += 10.0  # the reasoning is one sentence
     if last == "assistant":
         if "kill" in words:
             z[ID["I'm"]] += 1.5
@@ -143,7 +154,8 @@ class FakeBackend(Backend):
     name = "fake"
 
     def __init__(self, *, n_ctx: int = 512, max_streams: int = 64, addable: bool = True,
-                 chunk: int = 8, step_s: float = 0.0):
+                 chunk: int = 8, step_s: float = 0.0, template: str | None = None):
+        self.template = template or CHATML
         self._n_ctx, self._max_streams = n_ctx, max_streams
         self.addable, self.chunk = addable, chunk  # streams can join a running batch
         self.step_s = step_s
@@ -177,7 +189,7 @@ class FakeBackend(Backend):
 
     @property
     def chat_template(self) -> str:
-        return CHATML
+        return self.template
 
     def render(
         self,
@@ -186,7 +198,7 @@ class FakeBackend(Backend):
         tools: Sequence[Mapping[str, Any]] | None = None,
         add_generation_prompt: bool = True,
     ) -> str:
-        return render_chat_template(CHATML, messages, tools=tools,
+        return render_chat_template(self.template, messages, tools=tools,
                                     add_generation_prompt=add_generation_prompt)
 
     def tokenize(self, text: str) -> list[int]:

@@ -30,6 +30,13 @@ from guardrail.loading import get_engine
 from guardrail.policy import Policy
 from guardrail.policy.decisions import log_step
 from guardrail.langchain.call_stream import CallStream
+from guardrail.langchain.thinking import (
+    THINK_OPEN,
+    Reasoning,
+    reasoning_of,
+    reasoning_request,
+    visible_reasoning,
+)
 from guardrail.langchain.messages import add_tools_to_system, to_template_messages
 from guardrail.langchain.structured import ToolCallOrJson, json_constraint, response_schema
 from guardrail.langchain.tool_calls import (
@@ -100,6 +107,13 @@ class Call:
     hold: bool = False  # the answer is held: on_refusal may replace it (see _released)
     early: str | None = None  # the detector's early decision on a held answer
     call_stream: CallStream | None = None  # tool calls streamed as they decode
+    reasoning_mode: Reasoning | None = None  # the template has a reasoning section
+    reasoning_request: GenerationRequest | None = None  # its phase, decoded first
+    reasoning_finish: FinishEvent | None = None
+    reasoning: str = ""  # the reasoning text (inside <think>...</think>)
+    reasoning_sent: str = ""  # what of it was streamed
+    reasoning_tokens: int = 0
+    reasoning_s: float = 0.0
 
     @property
     def policy(self) -> Policy:
@@ -199,6 +213,10 @@ def prepare(
     if proc is not None:
         req.processors = [*req.processors, proc]
         c.constraint = getattr(proc, "engine", None)
+    else:  # a constrained answer starts at its first token: no reasoning phase
+        c.reasoning_mode = reasoning_of(engine.backend, tmpl, render_tools)
+        if c.reasoning_mode is not None:
+            c.reasoning_request = reasoning_request(req, c.reasoning_mode, engine.backend)
     c.request = req
     return c
 
@@ -215,6 +233,8 @@ def call_timings(c: Call, review_s: float) -> dict[str, float]:
         t.update(c.request.timings)
     if c.finish is not None:
         t.update(c.finish.timings)
+    if c.reasoning_s:
+        t["reasoning_s"] = c.reasoning_s  # the reasoning phase, submission to its end
     t["review_s"] = review_s
     t["guard_s"] = t["rules_s"] + t.get("probe_s", 0.0) + review_s
     return {k: round(v, 4) for k, v in t.items()}
@@ -257,7 +277,8 @@ def final_chunk(c: Call) -> ChatGenerationChunk:
     else:
         c.generated = fin.text  # the whole released text (the tail included)
         full = c.prefix + fin.text
-        prompt_tokens, output_tokens = fin.prompt_tokens, len(fin.token_ids)
+        prompt_tokens = fin.prompt_tokens - c.reasoning_tokens  # its prompt held the reasoning
+        output_tokens = len(fin.token_ids) + c.reasoning_tokens
         reason, steps = fin.reason, fin.steps
     parsed = (
         parse_tool_calls(full, tool_names(c.tools)) if c.tools_active and c.preset is None
@@ -312,14 +333,21 @@ def final_chunk(c: Call) -> ChatGenerationChunk:
     )
     c.parsed = ParsedOutput(c.emitted + rest, parsed.tool_calls, parsed.invalid_tool_calls,
                             parsed.in_order)
+    extra: dict[str, Any] = {}
+    if c.reasoning and not replaced and c.reasoning != c.reasoning_sent:  # held until now
+        extra["reasoning_content"] = c.reasoning[len(c.reasoning_sent):]
+    usage: dict[str, Any] = {
+        "input_tokens": prompt_tokens,
+        "output_tokens": output_tokens,
+        "total_tokens": prompt_tokens + output_tokens,
+    }
+    if c.reasoning_tokens:
+        usage["output_token_details"] = {"reasoning": c.reasoning_tokens}
     msg = AIMessageChunk(
         content=rest,
         tool_call_chunks=chunks,
-        usage_metadata={
-            "input_tokens": prompt_tokens,
-            "output_tokens": output_tokens,
-            "total_tokens": prompt_tokens + output_tokens,
-        },
+        additional_kwargs=extra,
+        usage_metadata=usage,  # type: ignore[arg-type]
         response_metadata={
             "guardrail": meta,
             "finish_reason": finish_reason,
@@ -329,6 +357,82 @@ def final_chunk(c: Call) -> ChatGenerationChunk:
         chunk_position="last",
     )
     return ChatGenerationChunk(message=msg)
+
+
+def _decode(
+    calls: Sequence[Call], live: list[int], cancel: threading.Event | None, isolate: bool,
+    *, reasoning: bool,
+) -> Iterator[tuple[int, ChatGenerationChunk]]:
+    """Decode the answer (or, with ``reasoning``, the reasoning phase) of ``calls[live]``
+    together; yield their streamed chunks."""
+    engine = calls[live[0]].engine
+    reqs = [calls[i].reasoning_request if reasoning else calls[i].request for i in live]
+    # (a plain call keeps the engine's default: raise before decoding anything)
+    stream = (
+        engine.stream(reqs, errors="event")  # type: ignore[arg-type]
+        if isolate else engine.stream(reqs)  # type: ignore[arg-type]
+    )
+    with closing(stream) as events:
+        for ev in events:
+            if cancel is not None and cancel.is_set():
+                return
+            c = calls[live[ev.request]]
+            if isinstance(ev, TokenEvent) and reasoning:
+                delta = _on_reasoning(c, ev.text)
+                if delta:
+                    yield live[ev.request], ChatGenerationChunk(message=AIMessageChunk(
+                        content="", additional_kwargs={"reasoning_content": delta}))
+            elif isinstance(ev, TokenEvent):
+                log_step(c.policy, ev.step, ev.info)
+                new, calls_so_far = _on_token(c, ev.text)
+                if new or calls_so_far:
+                    yield live[ev.request], ChatGenerationChunk(
+                        message=AIMessageChunk(content=new, tool_call_chunks=calls_so_far)
+                    )
+            elif isinstance(ev, FinishEvent) and reasoning:
+                c.reasoning_finish = ev
+            elif isinstance(ev, FinishEvent):
+                c.finish = ev
+            elif isinstance(ev, ErrorEvent):
+                c.error = ev.error
+
+
+def _on_reasoning(c: Call, text: str) -> str:
+    """Record reasoning text; return what may be streamed now (nothing while the answer is
+    held: reasoning of an answer that is replaced is never shown)."""
+    c.generated += text
+    assert c.reasoning_mode is not None
+    c.reasoning = visible_reasoning(c.generated, c.reasoning_mode)
+    if c.hold:
+        return ""
+    delta = c.reasoning[len(c.reasoning_sent):]
+    c.reasoning_sent = c.reasoning
+    return delta
+
+
+def _after_reasoning(c: Call) -> None:
+    """Set the answer phase up from the reasoning phase's outcome (see thinking.py)."""
+    assert c.reasoning_request is not None and c.request is not None
+    fin = c.reasoning_finish
+    text, c.generated = c.generated, ""
+    c.reasoning_request = None
+    if fin is None:
+        return
+    c.reasoning_s = fin.timings.get("total_s", 0.0)
+    if not (c.reasoning_mode and (c.reasoning_mode.opened or
+                                  text.lstrip().startswith(THINK_OPEN))):
+        c.reasoning = ""  # the model answered without reasoning: decode the answer anew
+        return
+    ids = list(fin.token_ids)
+    c.reasoning_tokens = len(ids)
+    left = c.request.max_new_tokens - len(ids)
+    if fin.reason != "stop_string" or left < 1:  # no answer after it: ended, or no budget
+        c.finish = FinishEvent(0, "length" if fin.reason == "length" or left < 1 else "stop",
+                               "", [], fin.prompt_tokens + len(ids))
+        c.request = None
+        return
+    c.request.prompts = [[*p, *ids] for p in c.request.prompts]
+    c.request.max_new_tokens = left
 
 
 def decode_calls(
@@ -344,30 +448,19 @@ def decode_calls(
     ``Call.error`` of every call.
     """
     live = [i for i, c in enumerate(calls) if c.request is not None]
+    thinking = [i for i in live if calls[i].reasoning_request is not None]
+    if thinking:  # the reasoning phases first (guardrail/langchain/thinking.py)
+        yield from _decode(calls, thinking, cancel, isolate, reasoning=True)
+        if cancel is not None and cancel.is_set():
+            return
+        for i in thinking:
+            if calls[i].error is None:
+                _after_reasoning(calls[i])
+        live = [i for i in live if calls[i].request is not None and calls[i].error is None]
     if live:
-        engine = calls[live[0]].engine
-        reqs = [calls[i].request for i in live]
-        # (a plain call keeps the engine's default: raise before decoding anything)
-        stream = (
-            engine.stream(reqs, errors="event")  # type: ignore[arg-type]
-            if isolate else engine.stream(reqs)  # type: ignore[arg-type]
-        )
-        with closing(stream) as events:
-            for ev in events:
-                if cancel is not None and cancel.is_set():
-                    return
-                c = calls[live[ev.request]]
-                if isinstance(ev, TokenEvent):
-                    log_step(c.policy, ev.step, ev.info)
-                    new, calls_so_far = _on_token(c, ev.text)
-                    if new or calls_so_far:
-                        yield live[ev.request], ChatGenerationChunk(
-                            message=AIMessageChunk(content=new, tool_call_chunks=calls_so_far)
-                        )
-                elif isinstance(ev, FinishEvent):
-                    c.finish = ev
-                elif isinstance(ev, ErrorEvent):
-                    c.error = ev.error
+        yield from _decode(calls, live, cancel, isolate, reasoning=False)
+        if cancel is not None and cancel.is_set():
+            return
     for i, c in enumerate(calls):
         if c.error is not None:
             continue
@@ -391,6 +484,7 @@ def to_generation(chunk: ChatGenerationChunk, parsed: ParsedOutput | None) -> Ch
             parsed.invalid_tool_calls if parsed else getattr(msg, "invalid_tool_calls", [])
         ),
         usage_metadata=getattr(msg, "usage_metadata", None),
+        additional_kwargs=msg.additional_kwargs,
         response_metadata=msg.response_metadata,
         id=msg.id,
     )

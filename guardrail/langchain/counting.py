@@ -26,6 +26,8 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from guardrail.engine import Engine
 from guardrail.langchain.calls import merge_tools, template_support
+from guardrail.langchain.thinking import THINK_CLOSE
+from guardrail.loading import loaded_engine
 from guardrail.langchain.messages import to_template_messages
 from guardrail.policy import Policy
 from guardrail.strategies.prompts import with_system_prompt
@@ -59,7 +61,8 @@ def _context_tokens(policy: Policy) -> int | None:
 
 
 def model_profile(policy: Policy) -> ModelProfile:
-    """What the guarded model supports, for ``create_agent`` and middleware that read it."""
+    """What the guarded model supports, for ``create_agent`` and middleware that read it
+    (``reasoning_output`` from the chat template once the model is loaded)."""
     profile: dict[str, Any] = {
         "open_weights": True, "text_inputs": True, "image_inputs": False,
         "audio_inputs": False, "video_inputs": False, "pdf_inputs": False,
@@ -71,4 +74,7 @@ def model_profile(policy: Policy) -> ModelProfile:
     context = _context_tokens(policy)
     if context is not None:
         profile["max_input_tokens"] = context
+    engine = loaded_engine(policy.model)  # known once the model is loaded (its template)
+    if engine is not None:
+        profile["reasoning_output"] = THINK_CLOSE in (engine.backend.chat_template or "")
     return ModelProfile(**profile)  # type: ignore[typeddict-item]
