@@ -96,6 +96,9 @@ def to_openai_message(message: AIMessage, *, structured: bool,
                            "refusal": None}
     if calls:
         out["tool_calls"] = _calls(calls)
+    reasoning = message.additional_kwargs.get("reasoning_content")
+    if reasoning:  # a reasoning model's <think> section (the field vLLM and DeepSeek use)
+        out["reasoning_content"] = reasoning
     return out
 
 
@@ -117,6 +120,8 @@ def to_delta(chunk: AIMessageChunk, *, structured: bool, parallel: bool | None =
         return delta
     if chunk.text:
         delta["content"] = chunk.text
+    if reasoning := chunk.additional_kwargs.get("reasoning_content"):
+        delta["reasoning_content"] = reasoning
     calls = tool_calls_of(answer, parallel=parallel) if last else []
     if calls:
         delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(_calls(calls))]

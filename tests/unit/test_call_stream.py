@@ -130,3 +130,4 @@ def test_the_scan_finds_where_an_object_ends(value: object) -> None:
     text = json.dumps({"v": value})
     scan = JsonScan()
     assert scan.feed(text + ', "after": 1}') == len(text)
+

@@ -128,3 +128,14 @@ def test_the_profile_says_reasoning_once_the_model_is_loaded(
         monkeypatch.setattr(counting, "loaded_engine", lambda cfg, e=engine: e)
         assert model.profile is not None
         assert counting.model_profile(model._policy_obj)["reasoning_output"] is want
+
+
+def test_the_server_passes_reasoning_as_reasoning_content() -> None:
+    from langchain_core.messages import AIMessage, AIMessageChunk
+
+    from guardrail.serve.translate import to_delta, to_openai_message
+
+    msg = AIMessage("Paris.", additional_kwargs={"reasoning_content": "The capital."})
+    assert to_openai_message(msg, structured=False)["reasoning_content"] == "The capital."
+    piece = AIMessageChunk(content="", additional_kwargs={"reasoning_content": "The"})
+    assert to_delta(piece, structured=False) == {"reasoning_content": "The"}
