@@ -66,6 +66,21 @@ class RequestVerdict:
         return self.action == "replace"
 
 
+def check_request(
+    policy: Policy, messages: Sequence[Mapping[str, Any]]
+) -> RequestVerdict | None:
+    """The first request rule (in order) matching any text of the conversation
+    (:func:`input_texts`), or None; a rule whose action is ``raise`` raises
+    :class:`RefusalError` here, before any decoding. Needs no model."""
+    hit = policy.match(input_texts(messages))
+    if hit is None:
+        return None
+    rule, action = hit
+    if action.action == "raise":
+        raise RefusalError(f"policy {policy.name!r}: request matched rule {rule.name!r}")
+    return RequestVerdict(rule.name, action.action, action.message)
+
+
 @dataclass(frozen=True)
 class AnswerVerdict:
     """The answer to deliver and how the policy decided it."""
@@ -83,16 +98,8 @@ class Guard:
         self.engine = engine
 
     def check_request(self, messages: Sequence[Mapping[str, Any]]) -> RequestVerdict | None:
-        """The first request rule (in order) matching any text of the conversation
-        (:func:`input_texts`), or None; a rule whose action is ``raise`` raises
-        :class:`RefusalError` here, before any decoding."""
-        hit = self.policy.match(input_texts(messages))
-        if hit is None:
-            return None
-        rule, action = hit
-        if action.action == "raise":
-            raise RefusalError(f"policy {self.policy.name!r}: request matched rule {rule.name!r}")
-        return RequestVerdict(rule.name, action.action, action.message)
+        """:func:`check_request` under this guard's policy."""
+        return check_request(self.policy, messages)
 
     @property
     def detector(self) -> Detector:
@@ -130,4 +137,6 @@ class Guard:
         return self.policy.on_refusal.action != "allow"
 
 
-__all__ = ["AnswerVerdict", "Guard", "RequestVerdict", "input_texts", "last_user_text"]
+__all__ = [
+    "AnswerVerdict", "Guard", "RequestVerdict", "check_request", "input_texts", "last_user_text",
+]

@@ -87,42 +87,65 @@ def _store(key: tuple[Any, ...], engine: Engine, dropped: list[Engine]) -> Engin
     return engine
 
 
-def _load_backend(cfg: ModelConfig) -> Backend:
+def _load_backend(cfg: ModelConfig, loaded: Any = None) -> Backend:
     global load_count
     path = resolve_model_path(cfg.path)
+    if loaded is not None:
+        _check_loaded(cfg, path, loaded)
     if cfg.backend == "llamacpp":
         from guardrail.adapters.llamacpp import LlamaCppBackend  # optional: llama-cpp-python
 
         backend: Backend = LlamaCppBackend(
-            path, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers,
-            n_seq_max=cfg.n_streams, kv=cfg.kv,
+            path if loaded is None else loaded, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads,
+            n_gpu_layers=cfg.n_gpu_layers, n_seq_max=cfg.n_streams, kv=cfg.kv,
         )
         if cfg.lora is not None:
             backend = backend.with_lora(cfg.lora)
     elif cfg.backend == "transformers":
         from guardrail.adapters.transformers import TransformersBackend  # optional: torch
 
+        weights, tokenizer = (path, None) if loaded is None else loaded
         backend = TransformersBackend(
-            path, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
+            weights, tokenizer=tokenizer, device=cfg.device, dtype=cfg.dtype,
+            trust_remote_code=cfg.trust_remote_code,
         )
         if cfg.lora is not None:
             backend.merge_lora(cfg.lora)
     else:  # pragma: no cover - the schema rejects it first
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
-    load_count += 1
+    load_count += loaded is None  # borrowed weights were loaded by their owner
     return backend
 
 
-def get_engine(cfg: ModelConfig) -> Engine:
+def _check_loaded(cfg: ModelConfig, path: Path, loaded: Any) -> None:
+    """A ConfigError unless ``loaded`` holds the weights ``cfg`` names, for ``cfg``'s backend:
+    a ``llama_cpp.Llama`` of the GGUF, or a transformers (model, tokenizer) pair."""
+    if cfg.backend == "llamacpp":
+        source = getattr(loaded, "model_path", None)
+        fits = source is not None and Path(source).resolve() == path
+    else:
+        fits = isinstance(loaded, tuple) and len(loaded) == 2 and cfg.lora is None
+        source = (getattr(getattr(loaded[0], "config", None), "_name_or_path", None) if fits
+                  else type(loaded).__name__)
+    if not fits:
+        raise ConfigError(f"loaded weights of {source!r} cannot serve model {str(path)!r} on "
+                          f"backend {cfg.backend!r}")
+
+
+def get_engine(cfg: ModelConfig, *, loaded: Any = None) -> Engine:
     """The engine for ``cfg``, loading the model on first use only (or again after the bounded
-    cache dropped it and no caller held it)."""
+    cache dropped it and no caller held it). ``loaded``: a ``llama_cpp.Llama`` already holding
+    ``cfg``'s GGUF (an adopted ChatLlamaCpp's) or a transformers (model, tokenizer) pair of
+    ``cfg``'s directory (an adopted ChatHuggingFace's), whose weights are borrowed instead of
+    read again."""
     key = _cache_key(cfg)
     dropped: list[Engine] = []
     with _cache_lock:
         engine = _lookup(key, dropped)
         if engine is None:
             max_models()  # a bad $GUARDRAIL_MAX_MODELS fails before loading, not after
-            engine = _store(key, Engine(_load_backend(cfg), load=get_engine), dropped)
+            backend = _load_backend(cfg) if loaded is None else _load_backend(cfg, loaded)
+            engine = _store(key, Engine(backend, load=get_engine), dropped)
     return engine
 
 

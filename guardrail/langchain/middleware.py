@@ -10,23 +10,46 @@ cache). Any other model is refused with an error that says so.
 Each guarded step's ``response_metadata["guardrail"]`` gains ``agent_step`` (1 for the model
 call answering the latest user message, 2 for the call after its tool results, ...) and is
 passed to ``on_step`` if given, so an application can log or audit every decision of the run.
+
+Hooks (see :mod:`guardrail.langchain.agent_checks`):
+
+* ``before_model``: the policy's request rules on the conversation; a rule that answers ends
+  the run with its message (``jump_to: "end"``) before any model is loaded or decoded.
+* ``wrap_model_call``: the model call decoded under the policy.
+* ``after_model``: the step's decision (policy, refused, replaced, matched rule, ...) appended
+  to the agent state's ``guardrail`` list, which the run returns.
+* ``wrap_tool_call``: a tool's result through the request rules and the prompt probe (where the
+  policy has a ``refuse_above`` zone) before the model reads it; a withheld result becomes an
+  error ``ToolMessage`` naming the policy and the reason, recorded in ``guardrail`` too.
+
+An adopted ``ChatLlamaCpp`` or ``ChatHuggingFace`` keeps its settings and its loaded weights
+(:mod:`guardrail.langchain.adopt`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import operator
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
+from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse
+from langchain.agents.middleware.types import hook_config
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.errors import GraphBubbleUp
+from langgraph.prebuilt.tool_node import ToolCallRequest
+from langgraph.types import Command
+from typing_extensions import NotRequired
 
+from guardrail.errors import ConfigError
+from guardrail.langchain import agent_checks
+from guardrail.langchain.adopt import guardable_model, llamacpp_settings, loaded_weights
 from guardrail.langchain.chat_model import GuardedChatModel
 from guardrail.langchain.options import CALL_OPTIONS, STRATEGY_OPTIONS
-from guardrail.errors import ConfigError
+from guardrail.loading import get_engine
 from guardrail.policy import Policy
 from guardrail.policy.loader import default_policy_name
 
@@ -35,19 +58,10 @@ logger = logging.getLogger("guardrail.middleware")
 StepCallback = Callable[[dict[str, Any]], None]
 
 
-def guardable_model(model: Any) -> GuardedChatModel:
-    """The ``GuardedChatModel`` that decodes for ``model``, or a ``ConfigError`` saying why not."""
-    if isinstance(model, GuardedChatModel):
-        return model
-    if type(model).__name__ == "ChatLlamaCpp" and getattr(model, "model_path", None):
-        return GuardedChatModel(model=str(Path(model.model_path)), backend="llamacpp")
-    name = type(model).__name__ if not isinstance(model, str) else repr(model)
-    raise ConfigError(
-        f"GuardrailMiddleware: the agent's model {name} cannot be guarded; decode-time "
-        "guarding needs the model's logits, so the model must be local: use "
-        "GuardedChatModel(model=PATH_OR_NONE, backend='llamacpp'|'transformers') (or a "
-        "ChatLlamaCpp) as the agent's model"
-    )
+class GuardrailState(AgentState):  # type: ignore[type-arg]
+    """The agent state with the guard's record of the run (one entry per decision)."""
+
+    guardrail: NotRequired[Annotated[list[dict[str, Any]], operator.add]]
 
 
 class GuardrailMiddleware(AgentMiddleware):  # type: ignore[type-arg]
@@ -75,12 +89,17 @@ class GuardrailMiddleware(AgentMiddleware):  # type: ignore[type-arg]
             raise ConfigError(f"GuardrailMiddleware: unknown option {bad[0]!r}; allowed: {allowed}")
         if policy is None:
             policy = default_policy_name()
-        # Validate the policy and options now (cheap: no model is loaded).
-        GuardedChatModel(policy=policy if isinstance(policy, Policy) else str(policy), **options)
+        # Validate the policy and options now (cheap: no model is loaded); it also resolves
+        # the policy for the hooks that run no model call.
+        self._policy_model = GuardedChatModel(
+            policy=policy if isinstance(policy, Policy) else str(policy), **options)
         self.policy: str | Policy = policy if isinstance(policy, Policy) else str(policy)
         self.options: dict[str, Any] = dict(options)
         self.on_step = on_step
         self._models: dict[tuple[Any, ...], tuple[Any, GuardedChatModel]] = {}
+        self._last: GuardedChatModel | None = None  # the model of the latest step
+
+    state_schema = GuardrailState
 
     @property
     def name(self) -> str:
@@ -103,6 +122,9 @@ class GuardrailMiddleware(AgentMiddleware):  # type: ignore[type-arg]
         drop = {"policy", "callers", "policies", *STRATEGY_OPTIONS}
         fields = {k: getattr(source, k) for k in source.model_fields_set if k not in drop}
         built = GuardedChatModel(**{**fields, **self.options, "policy": self.policy})
+        weights = None if own else loaded_weights(model)
+        if weights is not None:  # its weights, not a second load
+            get_engine(built._policy_for({}).model, loaded=weights)
         self._models[key] = (model, built)
         return built
 
@@ -147,6 +169,7 @@ class GuardrailMiddleware(AgentMiddleware):  # type: ignore[type-arg]
     ) -> ModelResponse:
         """Run the model call under the policy."""
         guarded = self._guarded_request(request)
+        self._last = guarded.model  # type: ignore[assignment]
         try:
             response = handler(guarded)
         except GraphBubbleUp:
@@ -160,11 +183,76 @@ class GuardrailMiddleware(AgentMiddleware):  # type: ignore[type-arg]
     ) -> ModelResponse:
         """Async :meth:`wrap_model_call`."""
         guarded = self._guarded_request(request)
+        self._last = guarded.model  # type: ignore[assignment]
         try:
             response = await handler(guarded)
         except GraphBubbleUp:
             raise
         return self._report(guarded, response)
+
+    @property
+    def _policy(self) -> Policy:
+        """The operator's policy now (a policy file's edits reach the next step)."""
+        return self._policy_model._policy_obj
+
+    def _tell(self, record: dict[str, Any]) -> None:
+        if self.on_step is not None:
+            self.on_step(record)
+
+    @hook_config(can_jump_to=["end"])
+    def before_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+        """End the run with a request rule's answer before any decode."""
+        answer = agent_checks.blocked_answer(self._policy, state["messages"])
+        if answer is None:
+            return None
+        record = agent_checks.step_record(answer)
+        assert record is not None
+        self._tell(answer.response_metadata["guardrail"])
+        return {"messages": [answer], "guardrail": [record], "jump_to": "end"}
+
+    @hook_config(can_jump_to=["end"])
+    async def abefore_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+        """Async :meth:`before_model` (no model is run)."""
+        return self.before_model(state, runtime)
+
+    def after_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+        """Record the step's decision in the agent state."""
+        messages = state.get("messages") or []
+        record = agent_checks.step_record(messages[-1]) if messages else None
+        return None if record is None else {"guardrail": [record]}
+
+    async def aafter_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+        """Async :meth:`after_model`."""
+        return self.after_model(state, runtime)
+
+    def _checked(self, result: ToolMessage | Command[Any]) -> ToolMessage | Command[Any]:
+        if not isinstance(result, ToolMessage):
+            return result  # a Command: the tool steers the graph itself
+        engine = self._last.engine() if self._last is not None else None
+        why = agent_checks.check_tool_result(self._policy, result.text, engine)
+        if why is None:
+            return result
+        withheld = agent_checks.withheld_message(result, self._policy, why)
+        record = withheld.response_metadata["guardrail"]
+        logger.info("tool result of %s withheld by policy %s (%s)", result.name,
+                    self._policy.name, why.reason)
+        self._tell(record)
+        return Command(update={"messages": [withheld], "guardrail": [record]})
+
+    def wrap_tool_call(
+        self, request: ToolCallRequest,
+        handler: Callable[[ToolCallRequest], ToolMessage | Command[Any]],
+    ) -> ToolMessage | Command[Any]:
+        """Run the tool, then check its result before the model reads it."""
+        return self._checked(handler(request))
+
+    async def awrap_tool_call(
+        self, request: ToolCallRequest,
+        handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
+    ) -> ToolMessage | Command[Any]:
+        """Async :meth:`wrap_tool_call` (the probe runs in a worker thread)."""
+        result = await handler(request)
+        return await asyncio.to_thread(self._checked, result)
 
 
 def is_local_model(model: BaseChatModel | str) -> bool:
@@ -176,4 +264,5 @@ def is_local_model(model: BaseChatModel | str) -> bool:
     return True
 
 
-__all__ = ["GuardrailMiddleware", "guardable_model", "is_local_model"]
+__all__ = ["GuardrailMiddleware", "GuardrailState", "guardable_model", "is_local_model",
+           "llamacpp_settings"]

@@ -1,0 +1,101 @@
+"""What :class:`~guardrail.langchain.middleware.GuardrailMiddleware` decides outside a model
+call: a request blocked before any decode, a tool result withheld before the model reads it.
+
+* **Before the model** (``before_model``): the policy's request rules read the agent's
+  conversation, exactly as the chat model's own check does (:func:`guardrail.guard.
+  check_request`); a rule that answers (``replace``) ends the run with its message, so a
+  blocked request loads and decodes nothing; a ``raise`` rule raises ``RefusalError``.
+* **Tool results** (``wrap_tool_call``): a tool's output is text the model will read as
+  trusted context, the way indirect prompt injection reaches an agent. It goes through the
+  request rules, and, when the policy's strategy has a prompt probe with a ``refuse_above``
+  zone, through the probe read as a user turn: a result the probe calls surely harmful is
+  withheld too. A withheld result becomes an error ``ToolMessage`` that names the policy and
+  the reason, never the withheld text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+
+from guardrail.engine import Engine
+from guardrail.guard import check_request
+from guardrail.langchain.messages import to_template_messages
+from guardrail.policy import Policy
+from guardrail.probes.prompt import prompt_harm
+
+
+@dataclass(frozen=True)
+class Withheld:
+    """Why a tool result was withheld."""
+
+    reason: str  # "rule" or "probe"
+    rule: str | None = None
+    harm: float | None = None
+
+    def record(self, policy: Policy, call_id: str | None, tool: str | None) -> dict[str, Any]:
+        """What the agent state and ``on_step`` are told."""
+        out: dict[str, Any] = {"kind": "tool_result", "policy": policy.name, "tool": tool,
+                               "tool_call_id": call_id, "withheld": True, "reason": self.reason}
+        if self.rule is not None:
+            out["matched_rule"] = self.rule
+        if self.harm is not None:
+            out["probe"] = {"harm": round(self.harm, 4)}
+        return out
+
+
+def blocked_answer(policy: Policy, messages: Sequence[BaseMessage]) -> AIMessage | None:
+    """The rule's answer when a request rule answers this conversation, else None."""
+    verdict = check_request(policy, to_template_messages(messages))
+    if verdict is None or not verdict.answers:
+        return None
+    meta = {"policy": policy.name, "strategy": policy.strategy.kind, "matched_rule":
+            verdict.rule, "finish_reason": "rule", "refused": True, "decided": "before_model"}
+    return AIMessage(verdict.message, response_metadata={"guardrail": meta,
+                                                          "finish_reason": "stop"})
+
+
+def check_tool_result(policy: Policy, text: str, engine: Engine | None) -> Withheld | None:
+    """Whether ``text`` (a tool's output) must be withheld from the model, and why."""
+    turn = [{"role": "user", "content": text}]
+    verdict = check_request(policy, turn)  # a raise rule raises, as for a request
+    if verdict is not None and verdict.action != "allow":
+        return Withheld("rule", rule=verdict.rule)
+    probe = getattr(policy.strategy, "probe", None)
+    limit = getattr(probe, "refuse_above", None)
+    if probe is None or limit is None or engine is None or not text.strip():
+        return None
+    harm = engine.run(lambda: prompt_harm(probe.path, engine.backend, turn))
+    return Withheld("probe", harm=harm) if harm >= limit else None
+
+
+def withheld_message(result: ToolMessage, policy: Policy, why: Withheld) -> ToolMessage:
+    """The error result the model reads instead of a withheld one."""
+    reason = (f"it matched the policy's rule {why.rule!r}" if why.reason == "rule"
+              else "the policy's probe reads it as a harmful request")
+    return ToolMessage(
+        content=f"[The result of this tool call was withheld by policy {policy.name!r}: "
+                f"{reason}.]",
+        tool_call_id=result.tool_call_id, name=result.name, status="error",
+        response_metadata={"guardrail": why.record(policy, result.tool_call_id, result.name)},
+    )
+
+
+def step_record(message: Any) -> dict[str, Any] | None:
+    """The agent-state record of one guarded model step (from its guardrail metadata)."""
+    if not isinstance(message, AIMessage):
+        return None
+    meta = message.response_metadata.get("guardrail")
+    if not isinstance(meta, dict):
+        return None
+    keys = ("agent_step", "policy", "strategy", "refused", "replaced", "matched_rule",
+            "finish_reason", "early_decision", "decided")
+    return {"kind": "model", **{k: meta[k] for k in keys if k in meta},
+            "tool_calls": len(message.tool_calls)}
+
+
+__all__ = ["Withheld", "blocked_answer", "check_tool_result", "step_record",
+           "withheld_message"]
