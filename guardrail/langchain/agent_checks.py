@@ -10,12 +10,13 @@ call: a request blocked before any decode, a tool result withheld before the mod
   request rules, and, when the policy's strategy has a prompt probe with a ``refuse_above``
   zone, through the probe read as a user turn: a result the probe calls surely harmful is
   withheld too. A withheld result becomes an error ``ToolMessage`` that names the policy and
-  the reason, never the withheld text.
+  the reason, never the withheld text; the messages a tool's ``Command`` adds are checked the
+  same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,8 +59,10 @@ def blocked_answer(policy: Policy, messages: Sequence[BaseMessage]) -> AIMessage
                                                           "finish_reason": "stop"})
 
 
-def check_tool_result(policy: Policy, text: str, engine: Engine | None) -> Withheld | None:
-    """Whether ``text`` (a tool's output) must be withheld from the model, and why."""
+def check_tool_result(policy: Policy, text: str,
+                      engine: Engine | Callable[[], Engine] | None) -> Withheld | None:
+    """Whether ``text`` (a tool's output) must be withheld from the model, and why. ``engine``
+    (or a function giving it, called only when the probe must read) runs the probe."""
     turn = [{"role": "user", "content": text}]
     verdict = check_request(policy, turn)  # a raise rule raises, as for a request
     if verdict is not None and verdict.action != "allow":
@@ -68,20 +71,27 @@ def check_tool_result(policy: Policy, text: str, engine: Engine | None) -> Withh
     limit = getattr(probe, "refuse_above", None)
     if probe is None or limit is None or engine is None or not text.strip():
         return None
-    harm = engine.run(lambda: prompt_harm(probe.path, engine.backend, turn))
+    model = engine() if callable(engine) else engine
+    harm = model.run(lambda: prompt_harm(probe.path, model.backend, turn))
     return Withheld("probe", harm=harm) if harm >= limit else None
 
 
-def withheld_message(result: ToolMessage, policy: Policy, why: Withheld) -> ToolMessage:
-    """The error result the model reads instead of a withheld one."""
+def withheld_message(result: BaseMessage, policy: Policy, why: Withheld) -> BaseMessage:
+    """What the model reads instead of a withheld tool output: an error ``ToolMessage`` for a
+    result, the same kind of message with the notice as its text for any other message a tool's
+    ``Command`` adds."""
     reason = (f"it matched the policy's rule {why.rule!r}" if why.reason == "rule"
               else "the policy's probe reads it as a harmful request")
-    return ToolMessage(
-        content=f"[The result of this tool call was withheld by policy {policy.name!r}: "
-                f"{reason}.]",
-        tool_call_id=result.tool_call_id, name=result.name, status="error",
-        response_metadata={"guardrail": why.record(policy, result.tool_call_id, result.name)},
-    )
+    notice = f"[The result of this tool call was withheld by policy {policy.name!r}: {reason}.]"
+    call_id, name = getattr(result, "tool_call_id", None), getattr(result, "name", None)
+    meta = {"guardrail": why.record(policy, call_id, name)}
+    if isinstance(result, ToolMessage):
+        return ToolMessage(content=notice, tool_call_id=result.tool_call_id, name=result.name,
+                           status="error", response_metadata=meta)
+    return result.model_copy(update={"content": notice, "response_metadata": meta,
+                                     "additional_kwargs": {}, **(
+                                         {"tool_calls": []} if isinstance(result, AIMessage)
+                                         else {})})
 
 
 def step_record(message: Any) -> dict[str, Any] | None:

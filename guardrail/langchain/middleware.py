@@ -38,7 +38,7 @@ from typing import Annotated, Any
 from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse
 from langchain.agents.middleware.types import hook_config
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langgraph.errors import GraphBubbleUp
 from langgraph.prebuilt.tool_node import ToolCallRequest
 from langgraph.types import Command
@@ -225,19 +225,45 @@ class GuardrailMiddleware(AgentMiddleware):  # type: ignore[type-arg]
         """Async :meth:`after_model`."""
         return self.after_model(state, runtime)
 
-    def _checked(self, result: ToolMessage | Command[Any]) -> ToolMessage | Command[Any]:
-        if not isinstance(result, ToolMessage):
-            return result  # a Command: the tool steers the graph itself
-        engine = self._last.engine() if self._last is not None else None
-        why = agent_checks.check_tool_result(self._policy, result.text, engine)
+    def _tool_engine(self) -> Any:
+        """The model that reads tool results with the policy's probe: the agent's model of the
+        latest step, else (a run resumed in a new process) the policy's own model."""
+        return (self._last or self._policy_model).engine()
+
+    def _withheld(self, message: BaseMessage) -> tuple[BaseMessage, dict[str, Any]] | None:
+        """``message`` (a tool's output) withheld, and the record why; None when it may pass."""
+        policy = self._policy
+        why = agent_checks.check_tool_result(policy, message.text, self._tool_engine)
         if why is None:
-            return result
-        withheld = agent_checks.withheld_message(result, self._policy, why)
-        record = withheld.response_metadata["guardrail"]
-        logger.info("tool result of %s withheld by policy %s (%s)", result.name,
-                    self._policy.name, why.reason)
+            return None
+        out = agent_checks.withheld_message(message, policy, why)
+        logger.info("tool result of %s withheld by policy %s (%s)",
+                    getattr(message, "name", None), policy.name, why.reason)
+        record = out.response_metadata["guardrail"]
         self._tell(record)
-        return Command(update={"messages": [withheld], "guardrail": [record]})
+        return out, record
+
+    def _checked(self, result: ToolMessage | Command[Any]) -> ToolMessage | Command[Any]:
+        if isinstance(result, ToolMessage):
+            hit = self._withheld(result)
+            return result if hit is None else Command(
+                update={"messages": [hit[0]], "guardrail": [hit[1]]})
+        # A Command steers the graph itself, but the messages it adds are the tool's output
+        # too: each is checked like a result.
+        update = getattr(result, "update", None)
+        messages = update.get("messages") if isinstance(update, dict) else None
+        if not isinstance(messages, list):
+            return result
+        checked, records = [], []
+        for m in messages:
+            hit = self._withheld(m) if isinstance(m, BaseMessage) else None
+            checked.append(m if hit is None else hit[0])
+            records += [] if hit is None else [hit[1]]
+        if not records:
+            return result
+        new = {**update, "messages": checked,
+               "guardrail": [*(update.get("guardrail") or []), *records]}
+        return Command(graph=result.graph, update=new, resume=result.resume, goto=result.goto)
 
     def wrap_tool_call(
         self, request: ToolCallRequest,
