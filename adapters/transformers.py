@@ -214,9 +214,12 @@ class TransformersBackend(HiddenStatesMixin, Backend):
             except (OSError, ValueError) as e:
                 raise BackendError(f"transformers could not load {str(path)!r}: {e}") from e
             self._name = path.name
-        self.model.to(device)
+        if isinstance(model, PreTrainedModel):  # borrowed: it stays where its owner put it
+            self.device = next(self.model.parameters()).device
+        else:
+            self.model.to(device)
+            self.device = torch.device(device)
         self.model.eval()
-        self.device = torch.device(device)
         self.pad_token_id = self._pick_pad()
         self.reference_mask_token = reference_mask_token
         self._eot = self._find_end_of_turn()

@@ -3,9 +3,10 @@ for it, with its settings and its loaded weights.
 
 Decode-time guarding needs the model's logits, so only local models can be adopted:
 
-* ``ChatLlamaCpp`` (langchain-community): its GGUF, its explicitly set settings (``n_ctx``,
-  ``n_threads``, ``n_gpu_layers``, ``temperature``, ``max_tokens``, ``top_p``, ``top_k``,
-  ``seed``, ``stop``) and its loaded ``Llama``, whose weights the llama.cpp backend borrows
+* ``ChatLlamaCpp`` (langchain-community): its GGUF, its sampling settings (``temperature``,
+  ``max_tokens``, ``top_p``, ``top_k``: the values it decodes with, set or default), its
+  explicitly set ``n_ctx``, ``n_threads``, ``n_gpu_layers``, ``seed``, ``stop``, and its
+  loaded ``Llama``, whose weights the llama.cpp backend borrows
   (a context of its own is made on them; the file is not read a second time).
 * ``ChatHuggingFace`` over a ``HuggingFacePipeline`` (langchain-huggingface): the pipeline's
   model and tokenizer (borrowed, on the pipeline's device and dtype), its generation settings
@@ -13,7 +14,9 @@ Decode-time guarding needs the model's logits, so only local models can be adopt
   ``top_k``) and the chat model's explicitly set ``temperature``, ``max_tokens``, ``top_p``,
   ``seed``, ``stop``, which win.
 
-A setting guardrail has no equivalent for (``repeat_penalty``, ``grammar``, ``lora_path``,
+Settings given to the transformers ``pipeline(...)`` call itself, the model's
+``generation_config`` and ChatLlamaCpp's default ``repeat_penalty`` are not read. A setting
+guardrail has no equivalent for (``repeat_penalty``, ``grammar``, ``lora_path``,
 ``repetition_penalty``, ``logit_bias``, ...) is refused with a ``ConfigError`` naming it rather
 than silently dropped. Any other model (a hosted API model) is refused with one saying why.
 """
@@ -35,7 +38,9 @@ _LLAMACPP_FIELDS = {"n_ctx": "n_ctx", "n_threads": "n_threads", "n_gpu_layers": 
 _LANGCHAIN = {"name", "cache", "verbose", "callbacks", "tags", "metadata", "rate_limiter",
               "disable_streaming", "custom_get_token_ids", "output_version", "profile",
               "streaming"}
-# fields already applied to the loaded weights
+# sampling fields carried at their effective values, set or not (the model decoded with them)
+_LLAMACPP_SAMPLING = ("temperature", "max_tokens", "top_p", "top_k")
+# fields already applied to the loaded weights (repeat_penalty at its default is not applied)
 _LLAMACPP_LOADED = {"model_path", "client", "n_parts", "f16_kv", "use_mlock", "use_mmap",
                     "vocab_only", "n_batch", "logits_all"}
 
@@ -70,9 +75,17 @@ def llamacpp_settings(model: Any) -> dict[str, Any]:
     chosen = _chosen(model)
     _refuse("ChatLlamaCpp", chosen - set(_LLAMACPP_FIELDS) - _LLAMACPP_LOADED - _LANGCHAIN,
             _LLAMACPP_FIELDS)
-    out = {_LLAMACPP_FIELDS[k]: getattr(model, k) for k in chosen if k in _LLAMACPP_FIELDS}
+    keys = chosen.union(_LLAMACPP_SAMPLING) & set(_LLAMACPP_FIELDS)
+    out = {_LLAMACPP_FIELDS[k]: getattr(model, k) for k in keys if getattr(model, k) is not None}
     if out.get("seed") is not None and out["seed"] < 0:  # llama.cpp's "random"
         del out["seed"]
+    return _stop_list(out)
+
+
+def _stop_list(out: dict[str, Any]) -> dict[str, Any]:
+    """``stop`` as a list (LangChain models also take one string)."""
+    if isinstance(out.get("stop"), str):
+        out["stop"] = [out["stop"]]
     return out
 
 
@@ -126,8 +139,13 @@ def huggingface_settings(model: Any) -> dict[str, Any]:
     chosen = _chosen(model)
     _refuse("ChatHuggingFace", chosen - set(_HF_CHAT_FIELDS) - _HF_CHAT_LOADED - _LANGCHAIN,
             _HF_CHAT_FIELDS)
-    out.update({_HF_CHAT_FIELDS[k]: getattr(model, k) for k in chosen if k in _HF_CHAT_FIELDS})
+    out.update({_HF_CHAT_FIELDS[k]: getattr(model, k) for k in chosen
+                if k in _HF_CHAT_FIELDS and getattr(model, k) is not None})
+    _stop_list(out)
     weights = pipe.model
+    if len(set((getattr(weights, "hf_device_map", None) or {}).values())) > 1:
+        raise ConfigError("GuardrailMiddleware: the ChatHuggingFace's model is spread over "
+                          "several devices (device_map); guardrail borrows a model on one")
     device = "cuda" if getattr(weights.device, "type", "cpu") == "cuda" else "cpu"
     dtype = str(weights.dtype).removeprefix("torch.")
     if dtype not in ("float32", "float16", "bfloat16"):

@@ -24,7 +24,8 @@ from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 
 from guardrail.engine import Engine
 from guardrail.guard import check_request
-from guardrail.langchain.messages import to_template_messages
+from guardrail.errors import ConfigError
+from guardrail.langchain.messages import _text_of, to_template_messages
 from guardrail.policy import Policy
 from guardrail.probes.prompt import prompt_harm
 
@@ -46,6 +47,15 @@ class Withheld:
         if self.harm is not None:
             out["probe"] = {"harm": round(self.harm, 4)}
         return out
+
+
+def read_text(message: BaseMessage) -> str:
+    """The text the model's template will read from ``message`` (its content blocks joined as
+    the chat encoding joins them; content it cannot encode is read as its ``str``)."""
+    try:
+        return _text_of(message.content, "tool result")
+    except ConfigError:
+        return str(message.content)
 
 
 def blocked_answer(policy: Policy, messages: Sequence[BaseMessage]) -> AIMessage | None:
@@ -80,7 +90,8 @@ def withheld_message(result: BaseMessage, policy: Policy, why: Withheld) -> Base
     """What the model reads instead of a withheld tool output: an error ``ToolMessage`` for a
     result, the same kind of message with the notice as its text for any other message a tool's
     ``Command`` adds."""
-    reason = (f"it matched the policy's rule {why.rule!r}" if why.reason == "rule"
+    # the rule's name stays in the record, not in text the model could repeat to an attacker
+    reason = ("it matched one of the policy's rules" if why.reason == "rule"
               else "the policy's probe reads it as a harmful request")
     notice = f"[The result of this tool call was withheld by policy {policy.name!r}: {reason}.]"
     call_id, name = getattr(result, "tool_call_id", None), getattr(result, "name", None)
@@ -107,5 +118,5 @@ def step_record(message: Any) -> dict[str, Any] | None:
             "tool_calls": len(message.tool_calls)}
 
 
-__all__ = ["Withheld", "blocked_answer", "check_tool_result", "step_record",
+__all__ = ["Withheld", "blocked_answer", "check_tool_result", "read_text", "step_record",
            "withheld_message"]

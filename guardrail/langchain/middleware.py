@@ -38,7 +38,13 @@ from typing import Annotated, Any
 from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse
 from langchain.agents.middleware.types import hook_config
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    ToolMessage,
+    convert_to_messages,
+)
 from langgraph.errors import GraphBubbleUp
 from langgraph.prebuilt.tool_node import ToolCallRequest
 from langgraph.types import Command
@@ -112,9 +118,9 @@ class GuardrailMiddleware(AgentMiddleware):  # type: ignore[type-arg]
         """The agent's model under the middleware's policy and options, which are the
         operator's (instance fields, not caller options); built once per agent model."""
         own = isinstance(model, GuardedChatModel)
-        key = (type(model).__name__, id(model) if own else getattr(model, "model_path", None))
+        key = (type(model).__name__, id(model))  # the cached entry holds the model: id is safe
         hit = self._models.get(key)
-        if hit is not None and (hit[0] is model or not own):  # a ChatLlamaCpp: by its file
+        if hit is not None and hit[0] is model:
             return hit[1]
         source = guardable_model(model)
         # The agent model's loading and sampling fields stay; its policy, its strategy options
@@ -233,7 +239,8 @@ class GuardrailMiddleware(AgentMiddleware):  # type: ignore[type-arg]
     def _withheld(self, message: BaseMessage) -> tuple[BaseMessage, dict[str, Any]] | None:
         """``message`` (a tool's output) withheld, and the record why; None when it may pass."""
         policy = self._policy
-        why = agent_checks.check_tool_result(policy, message.text, self._tool_engine)
+        why = agent_checks.check_tool_result(policy, agent_checks.read_text(message),
+                                             self._tool_engine)
         if why is None:
             return None
         out = agent_checks.withheld_message(message, policy, why)
@@ -243,20 +250,31 @@ class GuardrailMiddleware(AgentMiddleware):  # type: ignore[type-arg]
         self._tell(record)
         return out, record
 
-    def _checked(self, result: ToolMessage | Command[Any]) -> ToolMessage | Command[Any]:
+    def _checked(self, result: Any) -> Any:
+        """A tool's output with every message the model would read checked: a ToolMessage, a
+        list of them (or of Commands), and the messages a Command adds (in any form LangGraph's
+        ``add_messages`` takes)."""
         if isinstance(result, ToolMessage):
             hit = self._withheld(result)
             return result if hit is None else Command(
                 update={"messages": [hit[0]], "guardrail": [hit[1]]})
+        if isinstance(result, list):
+            return [self._checked(r) for r in result]
+        if not isinstance(result, Command):
+            return result
         # A Command steers the graph itself, but the messages it adds are the tool's output
         # too: each is checked like a result.
-        update = getattr(result, "update", None)
-        messages = update.get("messages") if isinstance(update, dict) else None
-        if not isinstance(messages, list):
+        update = result.update
+        if isinstance(update, (list, tuple)) and all(
+                isinstance(u, tuple) and len(u) == 2 for u in update):
+            update = dict(update)
+        if not isinstance(update, dict) or update.get("messages") is None:
             return result
+        raw = update["messages"]
+        messages = convert_to_messages(raw if isinstance(raw, list) else [raw])
         checked, records = [], []
         for m in messages:
-            hit = self._withheld(m) if isinstance(m, BaseMessage) else None
+            hit = self._withheld(m)
             checked.append(m if hit is None else hit[0])
             records += [] if hit is None else [hit[1]]
         if not records:

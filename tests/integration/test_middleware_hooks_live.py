@@ -56,6 +56,14 @@ def test_an_adopted_chat_llamacpp_keeps_its_settings_and_its_weights(chat_llamac
     assert own.invoke([HumanMessage("Name a colour.")]).content == answer.content
 
 
+def test_two_chat_llamacpp_of_one_file_keep_their_own_settings(chat_llamacpp: Any) -> None:
+    hot = chat_llamacpp.model_copy(update={"temperature": 1.5})
+    mw = GuardrailMiddleware(policy="plain")
+    a, b = mw._guarded_model(chat_llamacpp), mw._guarded_model(hot)
+    assert a is not b and (a.temperature, b.temperature) == (0.0, 1.5)
+    assert mw._guarded_model(chat_llamacpp) is a  # built once per agent model
+
+
 def test_a_chat_llamacpp_setting_without_an_equivalent_is_refused(chat_llamacpp: Any) -> None:
     odd = chat_llamacpp.model_copy(update={"repeat_penalty": 1.3})
     odd.model_fields_set.add("repeat_penalty")
