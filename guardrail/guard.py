@@ -67,17 +67,18 @@ class RequestVerdict:
 
 
 def check_request(
-    policy: Policy, messages: Sequence[Mapping[str, Any]]
+    policy: Policy, messages: Sequence[Mapping[str, Any]], *, what: str = "request"
 ) -> RequestVerdict | None:
     """The first request rule (in order) matching any text of the conversation
     (:func:`input_texts`), or None; a rule whose action is ``raise`` raises
-    :class:`RefusalError` here, before any decoding. Needs no model."""
+    :class:`RefusalError` here, before any decoding. Needs no model. ``what`` names the text
+    in that error (a request, a tool result)."""
     hit = policy.match(input_texts(messages))
     if hit is None:
         return None
     rule, action = hit
     if action.action == "raise":
-        raise RefusalError(f"policy {policy.name!r}: request matched rule {rule.name!r}")
+        raise RefusalError(f"policy {policy.name!r}: {what} matched rule {rule.name!r}")
     return RequestVerdict(rule.name, action.action, action.message)
 
 

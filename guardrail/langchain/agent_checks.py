@@ -74,7 +74,7 @@ def check_tool_result(policy: Policy, text: str,
     """Whether ``text`` (a tool's output) must be withheld from the model, and why. ``engine``
     (or a function giving it, called only when the probe must read) runs the probe."""
     turn = [{"role": "user", "content": text}]
-    verdict = check_request(policy, turn)  # a raise rule raises, as for a request
+    verdict = check_request(policy, turn, what="tool result")  # a raise rule raises
     if verdict is not None and verdict.action != "allow":
         return Withheld("rule", rule=verdict.rule)
     probe = getattr(policy.strategy, "probe", None)

@@ -190,3 +190,10 @@ def test_chat_llamacpp_sampling_defaults_are_carried() -> None:
                               "seed": 7})
     got = llamacpp_settings(set_)
     assert got["n_ctx"] == 512 and got["stop"] == ["###"] and got["seed"] == 7
+
+
+def test_a_raising_rule_on_a_tool_result_says_so() -> None:
+    p = Policy.model_validate({"name": "r", "rules": [{"name": "k", "pattern": "kill",
+                                                      "action": "raise"}]})
+    with pytest.raises(RefusalError, match="tool result matched rule 'k'"):
+        agent_checks.check_tool_result(p, "kill the process", None)
