@@ -51,7 +51,9 @@ def _settled(engine: Engine) -> bool:
 @pytest.mark.parametrize("addable", [True, False])
 @pytest.mark.parametrize("policy", ["plain", "adacd"])
 def test_many_threads_decode_together_and_answer_as_alone(policy: str, addable: bool) -> None:
-    backend = FakeBackend(addable=addable)
+    # a step takes a little time, so the six released together are live together however the
+    # threads are scheduled (with instant steps one request could finish before the next came)
+    backend = FakeBackend(addable=addable, step_s=0.005)
     engine = Engine(backend)
     jobs = [PROMPTS[i % len(PROMPTS)] for i in range(12)]
     want = {p: _alone(backend, _request(engine, p, policy, run_on=12)) for p in PROMPTS}
