@@ -170,6 +170,7 @@ class Engine:
             stop=[*sp.stop, *stop],
             probe=dict(p.probe),
             timings={"plan_s": plan_s, **p.timings},
+            check=p.check,
         )
 
     # ------------------------------------------------------------------ decoding

@@ -26,8 +26,9 @@ import numpy as np
 from guardrail.adapters.base import Backend, Streams
 from numpy.typing import NDArray
 
+from guardrail.decoding.forced_check import ForcedPathCheck
 from guardrail.decoding.processors import LogitsProcessor, MinNewTokens
-from guardrail.decoding.rules import DeferringRule, Rule, StepInfo
+from guardrail.decoding.rules import DeferringRule, PlainRule, Rule, StepInfo
 from guardrail.decoding.sampling import SamplingParams, sample
 from guardrail.decoding.text import TextAssembler
 from guardrail.errors import ConfigError, ContextOverflowError
@@ -60,6 +61,11 @@ class GenerationRequest:
         timings: seconds spent on the request before decoding (``plan_s``: rendering,
             tokenising and any probe; ``probe_s``: the prompt probe alone), reported with the
             scheduler's own timings.
+        check: the forced-path check (:mod:`guardrail.decoding.forced_check`): tokens from the
+            rule's first "comply" step are held until it has read them, and dropped for the
+            check's fallback rule when it finds them harmful. Not applied to a request with
+            ``processors`` (their state cannot be rewound) or on a backend whose streams
+            cannot be added while running.
     """
 
     prompts: Sequence[Sequence[int]]
@@ -72,6 +78,7 @@ class GenerationRequest:
     processors: Sequence[LogitsProcessor] = ()
     probe: Mapping[str, float] = field(default_factory=dict)
     timings: Mapping[str, float] = field(default_factory=dict)
+    check: ForcedPathCheck | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -133,6 +140,11 @@ class _Live:
     steps: list[StepInfo] = field(default_factory=list)
     generated: list[int] = field(default_factory=list)  # every sampled id, end-of-turn included
     done: FinishReason | None = None
+    rule: Rule = field(default_factory=PlainRule)  # the request's rule, or the check's fallback
+    check: ForcedPathCheck | None = None  # still to run (None: none, or it has decided)
+    fork: int | None = None  # step of the first "comply" decision while a check is pending
+    held: list[TokenEvent] = field(default_factory=list)  # events since the fork, not yet sent
+    rewind: bool = False  # fell back this step: its streams restart from the fork
 
 
 def _kv_widths(req: GenerationRequest, cap: int) -> list[int]:
@@ -255,9 +267,10 @@ def opened(backend: Backend, req: GenerationRequest) -> int:
 def start(backend: Backend, index: int, req: GenerationRequest, cap: int) -> _Live:
     """The decoding state of request ``index`` (``cap``: its usable max_new_tokens), whose
     first :func:`opened` streams are about to be live."""
+    check = req.check if not req.processors and can_add(backend) else None
     return _Live(index, req, req.sampling.rng(), TextAssembler(backend.detokenize, req.stop),
                  opened(backend, req), _processors(req, backend.end_of_turn_ids), cap=cap,
-                 limit=len(req.prompts))
+                 limit=len(req.prompts), rule=req.rule, check=check)
 
 
 class Batch:
@@ -322,11 +335,11 @@ class Batch:
             step = len(lv.generated)
             mine = logits[rows[lv.index]]
             answer = mine[0]
-            if lv.n_streams < lv.limit and isinstance(lv.req.rule, DeferringRule):
-                need = lv.req.rule.streams_now(step, answer)
+            if lv.n_streams < lv.limit and isinstance(lv.rule, DeferringRule):
+                need = lv.rule.streams_now(step, answer)
                 if need > lv.n_streams:
                     mine = np.concatenate([mine, self._open_deferred(lv, need)])
-            z, info = lv.req.rule.combine(mine, step)
+            z, info = lv.rule.combine(mine, step)
             for proc in lv.processors:
                 z = proc(z, lv.generated, step, answer)
             tok = sample(z, lv.req.sampling, lv.rng)
@@ -334,16 +347,20 @@ class Batch:
                 lv.steps.append({"step": step, **info})
             tokens[lv.index] = tok
             lv.generated.append(tok)
+            if lv.check is not None and lv.fork is None and lv.check.forks(info):
+                lv.fork = step
+            out = lv.held if lv.fork is not None else events
             if tok in eot:
                 lv.done = "stop"
-                events.append(TokenEvent(lv.index, step, tok, "", info))
-                continue
-            delta = lv.text.push(tok)
-            events.append(TokenEvent(lv.index, step, tok, delta, info))
-            if lv.text.stopped_by is not None:
-                lv.done = "stop_string"
-            elif len(lv.generated) >= lv.cap:
-                lv.done = "length"
+                out.append(TokenEvent(lv.index, step, tok, "", info))
+            else:
+                out.append(TokenEvent(lv.index, step, tok, lv.text.push(tok), info))
+                if lv.text.stopped_by is not None:
+                    lv.done = "stop_string"
+                elif len(lv.generated) >= lv.cap:
+                    lv.done = "length"
+            if lv.check is not None and lv.fork is not None:
+                self._settle(lv, events)
         # Free finished requests and streams their rules no longer need.
         keep: dict[int, int] = {}
         still: list[_Live] = []
@@ -351,17 +368,54 @@ class Batch:
             if lv.done is not None:
                 events.append(_finish(lv, len(lv.req.prompts[0])))
                 continue
-            needed = lv.req.rule.streams_needed(len(lv.generated) - 1)
+            needed = 0 if lv.rewind else lv.rule.streams_needed(len(lv.generated) - 1)
             lv.n_streams = keep[lv.index] = min(lv.n_streams, needed)
             lv.limit = min(lv.limit, needed)  # streams never needed again are never opened
             still.append(lv)
         self.live = still
         if still:
             self._keep([r for r, (i, k) in enumerate(self.order) if k < keep.get(i, 0)])
-            self.streams.append([tokens[i] for i, _ in self.order])
+            if self.order:
+                self.streams.append([tokens[i] for i, _ in self.order])
+            for lv in [lv for lv in still if lv.rewind]:
+                self._restart(lv)
         else:  # the streams are the owner's to free (or to keep for the next requests)
             self.order = []
         return events
+
+    def _settle(self, lv: _Live, events: list[TokenEvent | FinishEvent]) -> None:
+        """Run ``lv``'s forced-path check once it is due: release its held events, or drop
+        them and fall back to the model's own answer from the fork (module
+        :mod:`guardrail.decoding.forced_check`)."""
+        check, fork = lv.check, lv.fork
+        assert check is not None and fork is not None
+        if not check.due(fork, len(lv.generated), lv.done is not None):
+            return
+        harm = float(check.read([*lv.req.prompts[0], *lv.generated]))
+        lv.check = None
+        if harm < check.threshold:
+            lv.steps.append({"step": len(lv.generated) - 1, "check": "kept", "answer_harm": harm})
+            events += lv.held
+            lv.held, lv.fork = [], None
+            return
+        lv.held, lv.fork, lv.done, lv.rewind = [], None, None, True
+        lv.generated = lv.generated[:fork]
+        lv.text = TextAssembler(self.backend.detokenize, lv.req.stop)
+        for t in lv.generated:  # what was released before the fork, released again silently
+            lv.text.push(t)
+        lv.steps = [s for s in lv.steps if s.get("step", 0) < fork]
+        lv.steps.append({"step": fork, "mode": "fallback", "check": "fell_back",
+                         "answer_harm": harm})
+        lv.rule = check.fallback
+        lv.limit = lv.rule.n_streams
+
+    def _restart(self, lv: _Live) -> None:
+        """A fresh answer stream for ``lv`` after a fallback: its prompt and the tokens kept,
+        live after the others with its next-token logits ready."""
+        for _ in self.streams.add([[*lv.req.prompts[0], *lv.generated]]):
+            pass
+        self.order.append((lv.index, 0))
+        lv.n_streams, lv.rewind = 1, False
 
 
 def _decode_batch(

@@ -50,6 +50,25 @@ DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
 )
 
 
+class ForcedCheck(Strict):
+    """The forced-path check (guardrail/decoding/forced_check.py): an answer the ban or the
+    contrast changed is held from its first changed token, read again after ``after`` tokens
+    by the probe on prompt + answer so far, and dropped for the model's own answer when the
+    probe then finds it harmful. Off by default: on the dev model it caught none of the forced
+    harmful answers (docs/overrefusal_study.md, stage 5)."""
+
+    after: Int = Field(
+        12, ge=1, le=64,
+        description="Tokens decoded after the first changed one before the check reads (held "
+        "back from the caller until then).",
+    )
+    threshold: Float = Field(
+        0.5, gt=0, le=1,
+        description="P(harmful) of prompt + partial answer at or above which the answer falls "
+        "back to the model's own.",
+    )
+
+
 class ProbeGate(Strict):
     """A prompt probe that tells harmful from harmless requests (``guardrail router train``)."""
 
@@ -73,6 +92,12 @@ class ProbeGate(Strict):
         description="At or above this P(harmful), each of the first K tokens comes from the "
         "model's own stream where it starts a refusal, else from the safety stream (the "
         "conversation with the safety instruction); null = never. Must not be below threshold.",
+    )
+
+    check: ForcedCheck | None = Field(
+        None,
+        description="Read an answer the ban or contrast changed again before releasing it, and "
+        "fall back to the model's own answer when it reads harmful; null = no check.",
     )
 
     @model_validator(mode="after")

@@ -6,9 +6,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from guardrail.decoding.forced_check import ForcedPathCheck
 from guardrail.decoding.gated_cd import GatedCDRule, refusal_start_ids
 from guardrail.policy.strategies import GatedCDStrategy
-from guardrail.probes.prompt import prompt_harm
+from guardrail.probes.answer import answer_reader
+from guardrail.probes.prompt import AUTO, auto_probe_path, load_probe, prompt_harm
 from guardrail.strategies.prompts import contrast_messages
 from guardrail.strategies.registry import Plan, Tools, register
 
@@ -37,9 +39,17 @@ def plan(s: GatedCDStrategy, engine: Engine, messages: list[dict[str, Any]], too
             timings["probe_s"] = time.perf_counter() - t0
     rule = GatedCDRule(ids, alpha=s.alpha, lam=s.lam, beta=s.beta, steps=s.steps, harm=harm,
                        **gate)
+    check = None
+    if s.probe is not None and s.probe.check is not None and harm is not None \
+            and harm < s.probe.threshold:  # the zones where an answer may be changed
+        weights = load_probe(auto_probe_path(engine.backend) if s.probe.path == AUTO
+                             else s.probe.path)
+        check = ForcedPathCheck(s.probe.check.after, s.probe.check.threshold,
+                                answer_reader(weights, engine.backend, messages, tools))
     convs = [messages]
     if rule.n_streams > 1:
         convs.append(contrast_messages(messages, s.safety_prompt, engine.default_system,
                                        system_role=engine.system_role))
     prompts = [engine.backend.encode_chat(c, tools=tools) for c in convs]
-    return Plan(prompts, rule, probe={} if harm is None else {"harm": harm}, timings=timings)
+    return Plan(prompts, rule, probe={} if harm is None else {"harm": harm}, timings=timings,
+                check=check)

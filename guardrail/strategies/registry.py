@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from guardrail.adapters.base import Backend, Message
+from guardrail.decoding.forced_check import ForcedPathCheck
 from guardrail.decoding.rules import Rule
 from guardrail.errors import ConfigError
 
@@ -32,6 +33,7 @@ class Plan:
     backend: Backend | None = None  # None: the engine's backend runs every stream
     probe: dict[str, float] = field(default_factory=dict)  # what a prompt probe read (harm, ...)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: probe_s (a prompt probe)
+    check: ForcedPathCheck | None = None  # the forced-path check (guardrail/decoding/forced_check)
 
 
 Planner = Callable[[Any, "Engine", list[dict[str, Any]], Tools], Plan]

@@ -1,0 +1,50 @@
+"""P(harmful) of a conversation *with a partial answer*, read from the model's hidden states:
+the signal of the forced-path check (:mod:`guardrail.decoding.forced_check`).
+
+The feature is the prompt probe's (:mod:`guardrail.probes.features`, ``FEATURE``) moved to the
+answer: the final hidden state at the answer's last token next to the mean over the last user
+message's tokens. By causality the user-message half is the prompt's own; only the first half
+moves with what the model has been made to say. So the prompt probe's weights read it as they
+are, and a probe trained on such features (prompts followed by answers) has the same width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from guardrail.adapters.base import Backend, HasHiddenStates, Message, require
+from guardrail.errors import ConfigError
+from guardrail.probes.features import FEATURE, Encoded, user_span
+from guardrail.probes.logistic import probe_harm
+from guardrail.probes.weights import ProbeWeights
+
+
+def answer_reader(
+    probe: ProbeWeights, backend: Backend, messages: Sequence[Message],
+    tools: Sequence[Mapping[str, Any]] | None = None,
+) -> Callable[[Sequence[int]], float]:
+    """The check's read for one request: the answer stream's ids (its prompt, as encoded with
+    ``tools``, then the answer so far) → P(harmful) under ``probe``, a probe reading
+    ``FEATURE`` (the prompt probe itself, or one trained on answers)."""
+    feature = probe.metadata.get("feature")
+    if feature not in (None, FEATURE):
+        raise ConfigError(f"the forced-path check reads the feature {FEATURE!r}; this probe reads "
+                          f"{feature!r} (train it again)")
+    model = require(backend, HasHiddenStates, "the forced-path check")
+    segments = backend.encode_chat_segments(messages, tools=tools)
+    enc = Encoded("".join(s.text for s in segments), [i for s in segments for i in s.ids],
+                  segments)
+    start, end = user_span(backend, messages, enc)
+
+    def read(ids: Sequence[int]) -> float:
+        states = model.prompt_hidden_states(ids)
+        x = np.concatenate([states[-1], states[start:end].mean(axis=0)]).astype(np.float32)
+        return float(probe_harm(probe, x[None])[0])
+
+    return read
+
+
+__all__ = ["answer_reader"]
