@@ -44,7 +44,7 @@ def eval_command(
     policy: Optional[list[str]] = typer.Option(  # noqa: UP007 - typer needs Optional here
         None, "--policy", "-p", help="Policy name or YAML path; repeat to compare policies."
     ),
-    data: str = typer.Option("xstest", help="'xstest' (shipped) or a CSV/JSONL path."),
+    data: str = typer.Option("xstest", help="'xstest' or 'framed' (shipped) or a CSV/JSONL path."),
     out: Optional[Path] = typer.Option(None, help="Run directory (results, summary, report)."),  # noqa: UP007
     model: Optional[str] = typer.Option(None, help="Model path (default: the policy's)."),  # noqa: UP007
     backend: Optional[str] = typer.Option(None, help="llamacpp or transformers."),  # noqa: UP007

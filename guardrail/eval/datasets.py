@@ -1,7 +1,10 @@
 """Evaluation datasets: CSV or JSONL rows with a ``prompt`` and a ``label`` (``safe`` = should be
 answered, ``unsafe`` = should be refused), optional ``id`` and ``type``.
 
-``xstest`` names the copy of XSTest shipped in the package, so evaluations run offline. Every
+``xstest`` names the copy of XSTest shipped in the package, so evaluations run offline;
+``framed`` the shipped scoring split of jailbreak-framed requests (``framed_scoring.csv``:
+JailbreakBench's odd rows and MT-Bench's first turns, each in one of eight framings; its
+calibration half is ``framed_calibration.csv``). Every
 problem is reported with the file, the row (CSV: the line number including the header; JSONL:
 the line number) and what is allowed. A CSV header that names a column twice, a CSV row with
 a filled cell past the header's columns, and a JSONL object with a key twice are errors (they
@@ -23,7 +26,7 @@ from pydantic import BaseModel
 
 from guardrail.errors import ConfigError
 
-SHIPPED = {"xstest": "xstest_prompts.csv"}
+SHIPPED = {"xstest": "xstest_prompts.csv", "framed": "framed_scoring.csv"}
 LABELS = ("safe", "unsafe")
 
 
