@@ -49,7 +49,7 @@ from guardrail.probes.prompt import calibration_rows
 
 DEV = "/root/.cache/guardrail-dev/qwen2.5-coder-0.5b-instruct.gguf"
 C_MAX = 16
-CS = (2, 4, 8, 12, 16)
+CS = (1, 2, 4, 8, 12, 16)
 K = 10
 
 

@@ -4,7 +4,9 @@ Each step: one batched forward over every live stream of every live request, the
 turns its streams' logits into final logits, the request's logits processors constrain them
 (:mod:`guardrail.decoding.processors`), the sampler picks a token, the token goes to every
 stream of that request. Streams a rule no longer needs and streams of finished requests are freed.
-Events are yielded as they happen, so streaming needs nothing more.
+Events are yielded as they happen, so streaming needs nothing more; only a request under a
+forced-path check (:mod:`guardrail.decoding.forced_check`) has its events from a changed token
+on held until the check has read them.
 
 Events: a :class:`TokenEvent` per generated token, then one :class:`FinishEvent` per request.
 A request that cannot run at all (its prompts, or its streams' shared context, do not fit:
@@ -18,6 +20,7 @@ for finish events cannot drop a failed request silently.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -32,6 +35,8 @@ from guardrail.decoding.rules import DeferringRule, PlainRule, Rule, StepInfo
 from guardrail.decoding.sampling import SamplingParams, sample
 from guardrail.decoding.text import TextAssembler
 from guardrail.errors import ConfigError, ContextOverflowError
+
+log = logging.getLogger("guardrail")
 
 FinishReason = Literal["stop", "length", "stop_string"]
 OnError = Literal["raise", "event"]
@@ -61,11 +66,11 @@ class GenerationRequest:
         timings: seconds spent on the request before decoding (``plan_s``: rendering,
             tokenising and any probe; ``probe_s``: the prompt probe alone), reported with the
             scheduler's own timings.
-        check: the forced-path check (:mod:`guardrail.decoding.forced_check`): tokens from the
-            rule's first "comply" step are held until it has read them, and dropped for the
-            check's fallback rule when it finds them harmful. Not applied to a request with
-            ``processors`` (their state cannot be rewound) or on a backend whose streams
-            cannot be added while running.
+        check: the forced-path check (:mod:`guardrail.decoding.forced_check`): tokens from a
+            "comply" step on are held until it has read them, and dropped for the check's
+            fallback rule when it finds them harmful. A request with ``processors`` (their
+            state cannot be rewound), or on a backend whose streams cannot be added while
+            running, is decoded under the fallback rule from the start (fails closed).
     """
 
     prompts: Sequence[Sequence[int]]
@@ -267,10 +272,15 @@ def opened(backend: Backend, req: GenerationRequest) -> int:
 def start(backend: Backend, index: int, req: GenerationRequest, cap: int) -> _Live:
     """The decoding state of request ``index`` (``cap``: its usable max_new_tokens), whose
     first :func:`opened` streams are about to be live."""
-    check = req.check if not req.processors and can_add(backend) else None
-    return _Live(index, req, req.sampling.rng(), TextAssembler(backend.detokenize, req.stop),
-                 opened(backend, req), _processors(req, backend.end_of_turn_ids), cap=cap,
-                 limit=len(req.prompts), rule=req.rule, check=check)
+    lv = _Live(index, req, req.sampling.rng(), TextAssembler(backend.detokenize, req.stop),
+               opened(backend, req), _processors(req, backend.end_of_turn_ids), cap=cap,
+               limit=len(req.prompts), rule=req.rule, check=req.check)
+    if req.check is not None and (req.processors or not can_add(backend)):
+        # the check cannot rewind this request (processors keep state; streams cannot be
+        # re-added): fail closed, the model's own answer from the start
+        lv.rule, lv.check, lv.limit = req.check.fallback, None, 1
+        lv.steps.append({"step": 0, "mode": "fallback", "check": "cannot_rewind"})
+    return lv
 
 
 class Batch:
@@ -391,13 +401,17 @@ class Batch:
         assert check is not None and fork is not None
         if not check.due(fork, len(lv.generated), lv.done is not None):
             return
-        harm = float(check.read([*lv.req.prompts[0], *lv.generated]))
-        lv.check = None
-        if harm < check.threshold:
+        try:
+            harm: float | None = float(check.read([*lv.req.prompts[0], *lv.generated]))
+        except Exception:  # noqa: BLE001 - one request's read must not fail the batch
+            log.exception("forced-path check: the read failed; the model's own answer is used")
+            harm = None
+        if harm is not None and harm < check.threshold:
             lv.steps.append({"step": len(lv.generated) - 1, "check": "kept", "answer_harm": harm})
             events += lv.held
-            lv.held, lv.fork = [], None
+            lv.held, lv.fork = [], None  # still armed: a later "comply" step is checked too
             return
+        lv.check = None
         lv.held, lv.fork, lv.done, lv.rewind = [], None, None, True
         lv.generated = lv.generated[:fork]
         lv.text = TextAssembler(self.backend.detokenize, lv.req.stop)
@@ -405,9 +419,9 @@ class Batch:
             lv.text.push(t)
         lv.steps = [s for s in lv.steps if s.get("step", 0) < fork]
         lv.steps.append({"step": fork, "mode": "fallback", "check": "fell_back",
-                         "answer_harm": harm})
+                         "answer_harm": harm} if harm is not None else
+                        {"step": fork, "mode": "fallback", "check": "error"})
         lv.rule = check.fallback
-        lv.limit = lv.rule.n_streams
 
     def _restart(self, lv: _Live) -> None:
         """A fresh answer stream for ``lv`` after a fallback: its prompt and the tokens kept,
@@ -415,7 +429,7 @@ class Batch:
         for _ in self.streams.add([[*lv.req.prompts[0], *lv.generated]]):
             pass
         self.order.append((lv.index, 0))
-        lv.n_streams, lv.rewind = 1, False
+        lv.n_streams, lv.limit, lv.rewind = 1, 1, False
 
 
 def _decode_batch(

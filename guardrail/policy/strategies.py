@@ -59,8 +59,8 @@ class ForcedCheck(Strict):
 
     after: Int = Field(
         12, ge=1, le=64,
-        description="Tokens decoded after the first changed one before the check reads (held "
-        "back from the caller until then).",
+        description="Tokens of the changed answer, the first changed one included, decoded "
+        "before the check reads them (held back from the caller until then).",
     )
     threshold: Float = Field(
         0.5, gt=0, le=1,

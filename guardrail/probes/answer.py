@@ -3,9 +3,12 @@ the signal of the forced-path check (:mod:`guardrail.decoding.forced_check`).
 
 The feature is the prompt probe's (:mod:`guardrail.probes.features`, ``FEATURE``) moved to the
 answer: the final hidden state at the answer's last token next to the mean over the last user
-message's tokens. By causality the user-message half is the prompt's own; only the first half
-moves with what the model has been made to say. So the prompt probe's weights read it as they
-are, and a probe trained on such features (prompts followed by answers) has the same width.
+message's tokens. By causality the user-message half does not depend on the answer; only the
+first half moves with what the model has been made to say. So the prompt probe's weights read it
+as they are (the check reads the prompt as the answer stream holds it, tools included, where the
+prompt probe reads it without tools). A probe trained on such features (prompts followed by
+answers: the study's "answer probe", docs/overrefusal_study.md stage 5) has the same width, but
+no policy field names one yet: the check reads with the gate's own probe.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 
 from guardrail.adapters.base import Backend, HasHiddenStates, Message, require
 from guardrail.errors import ConfigError
-from guardrail.probes.features import FEATURE, Encoded, user_span
+from guardrail.probes.features import FEATURE, FEATURE_LAST, Encoded, user_span
 from guardrail.probes.logistic import probe_harm
 from guardrail.probes.weights import ProbeWeights
 
@@ -29,10 +32,11 @@ def answer_reader(
     """The check's read for one request: the answer stream's ids (its prompt, as encoded with
     ``tools``, then the answer so far) → P(harmful) under ``probe``, a probe reading
     ``FEATURE`` (the prompt probe itself, or one trained on answers)."""
-    feature = probe.metadata.get("feature")
-    if feature not in (None, FEATURE):
+    feature = probe.metadata.get("feature") or FEATURE_LAST  # unnamed: files from before
+    if feature != FEATURE:
         raise ConfigError(f"the forced-path check reads the feature {FEATURE!r}; this probe reads "
-                          f"{feature!r} (train it again)")
+                          f"{feature!r} (train it again: guardrail calibrate --force, or "
+                          "guardrail router train)")
     model = require(backend, HasHiddenStates, "the forced-path check")
     segments = backend.encode_chat_segments(messages, tools=tools)
     enc = Encoded("".join(s.text for s in segments), [i for s in segments for i in s.ids],

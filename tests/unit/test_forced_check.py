@@ -5,9 +5,12 @@ read, and kept or dropped for the model's own answer, with nothing dropped ever 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import pytest
 from fakes import ID, FakeBackend
+from numpy.typing import NDArray
 
 from guardrail.decoding.forced_check import ForcedPathCheck
 from guardrail.decoding.gated_cd import GatedCDRule
@@ -63,7 +66,7 @@ def test_a_forced_answer_read_as_harmful_becomes_the_models_own() -> None:
     assert _streamed(fin, tokens) == fin.text  # the dropped tokens were never sent
     assert [e.step for e in tokens] == list(range(len(plain)))
     prompt = b.encode_chat(KILL)
-    assert read.calls == [prompt + forced.token_ids[:3]]  # the fork (step 0) plus C = 3 tokens
+    assert read.calls == [prompt + forced.token_ids[:3]]  # C = 3 tokens from the fork (step 0) on
     record = [s for s in fin.steps if s.get("check")]
     assert record == [{"step": 0, "mode": "fallback", "check": "fell_back", "answer_harm": 0.9}]
 
@@ -98,13 +101,61 @@ def test_an_answer_that_ends_before_c_tokens_is_read_at_its_end() -> None:
     assert _streamed(fin, tokens) == fin.text
 
 
-def test_a_request_with_processors_is_not_checked() -> None:
+def test_a_request_the_loop_cannot_rewind_fails_closed() -> None:
+    """Processors keep state the loop cannot rewind: such a request is decoded under the
+    fallback from its first token, so asking for a grammar never sheds the check."""
     b = FakeBackend()
-    read = Reader(0.9)
+    read = Reader(0.0)
     proc = MinNewTokens(b.end_of_turn_ids, 0)
     fin, _ = _run(b, _request(b, KILL, ForcedPathCheck(after=2, threshold=0.5, read=read),
                               processors=[proc]))
-    assert read.calls == [] and fin.text.startswith("Sure")
+    assert read.calls == [] and fin.token_ids == b.greedy(b.encode_chat(KILL), 14)
+    assert {"step": 0, "mode": "fallback", "check": "cannot_rewind"} in fin.steps
+    rigid = FakeBackend(addable=False)  # streams cannot be re-added: the same
+    fin, _ = _run(rigid, _request(rigid, KILL, ForcedPathCheck(after=2, threshold=0.5,
+                                                               read=read)))
+    assert fin.text == "I'm sorry I cannot help with that." and read.calls == []
+
+
+def test_a_read_that_fails_counts_as_harmful() -> None:
+    def broken(ids: Sequence[int]) -> float:
+        raise RuntimeError("no hidden states")
+
+    b = FakeBackend()
+    fin, tokens = _run(b, _request(b, KILL, ForcedPathCheck(after=2, threshold=0.5,
+                                                            read=broken)))
+    assert fin.token_ids == b.greedy(b.encode_chat(KILL), 14)
+    assert {"step": 0, "mode": "fallback", "check": "error"} in fin.steps
+    assert _streamed(fin, tokens) == fin.text
+
+
+@dataclass(frozen=True)
+class ForksAt:
+    """One stream, the model's own logits, a "comply" decision at the given steps."""
+
+    at: frozenset[int]
+    name: str = "forks_at"
+    n_streams: int = 1
+
+    def combine(self, logits: NDArray[np.float32], step: int
+                ) -> tuple[NDArray[np.float32], dict[str, str]]:
+        return logits[0], {"mode": "comply" if step in self.at else "plain"}
+
+    def streams_needed(self, step: int) -> int:
+        return 1
+
+
+def test_a_later_fork_is_checked_again_after_a_kept_one() -> None:
+    b = FakeBackend()
+    read = Reader(0.1)
+    prompt = b.encode_chat(POEM)
+    req = GenerationRequest(prompts=[prompt], rule=ForksAt(frozenset({0, 5})), max_new_tokens=14,
+                            check=ForcedPathCheck(after=2, threshold=0.5, read=read))
+    fin, tokens = _run(b, req)
+    answer = b.greedy(prompt, 14)
+    assert fin.token_ids == answer
+    assert read.calls == [prompt + answer[:2], prompt + answer[:7]]
+    assert [e.step for e in tokens] == list(range(len(answer)))
 
 
 @pytest.mark.parametrize("harm", [0.9, 0.1])
