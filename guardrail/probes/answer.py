@@ -20,8 +20,9 @@ import numpy as np
 
 from guardrail.adapters.base import Backend, HasHiddenStates, Message, require
 from guardrail.errors import ConfigError
-from guardrail.probes.features import FEATURE, FEATURE_LAST, Encoded, user_span
+from guardrail.probes.features import FEATURE, encode, user_span
 from guardrail.probes.logistic import probe_harm
+from guardrail.probes.prompt import probe_feature
 from guardrail.probes.weights import ProbeWeights
 
 
@@ -32,16 +33,13 @@ def answer_reader(
     """The check's read for one request: the answer stream's ids (its prompt, as encoded with
     ``tools``, then the answer so far) → P(harmful) under ``probe``, a probe reading
     ``FEATURE`` (the prompt probe itself, or one trained on answers)."""
-    feature = probe.metadata.get("feature") or FEATURE_LAST  # unnamed: files from before
+    feature = probe_feature(probe)
     if feature != FEATURE:
         raise ConfigError(f"the forced-path check reads the feature {FEATURE!r}; this probe reads "
                           f"{feature!r} (train it again: guardrail calibrate --force, or "
                           "guardrail router train)")
     model = require(backend, HasHiddenStates, "the forced-path check")
-    segments = backend.encode_chat_segments(messages, tools=tools)
-    enc = Encoded("".join(s.text for s in segments), [i for s in segments for i in s.ids],
-                  segments)
-    start, end = user_span(backend, messages, enc)
+    start, end = user_span(backend, messages, encode(backend, messages, tools=tools))
 
     def read(ids: Sequence[int]) -> float:
         states = model.prompt_hidden_states(ids)

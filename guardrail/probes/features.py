@@ -10,8 +10,9 @@ Probes saved with the last token alone (``FEATURE_LAST``) still load. Shared by 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,9 +38,12 @@ class Encoded:
 
 
 def encode(backend: Backend, messages: Sequence[Message], *,
+           tools: Sequence[Mapping[str, Any]] | None = None,
            add_generation_prompt: bool = True) -> Encoded:
-    """``messages`` encoded exactly as a request would be (the ids the probe reads)."""
-    segments = backend.encode_chat_segments(messages, add_generation_prompt=add_generation_prompt)
+    """``messages`` (and ``tools``) encoded exactly as a request would be (the ids the probe
+    reads)."""
+    segments = backend.encode_chat_segments(messages, tools=tools,
+                                            add_generation_prompt=add_generation_prompt)
     return Encoded("".join(s.text for s in segments), [i for s in segments for i in s.ids],
                    segments)
 

@@ -123,22 +123,33 @@ def auto_probe_path(backend: Backend, *, l2: float = 0.1, force: bool = False) -
     return path
 
 
-def _conversation_harm(probe: ProbeWeights, backend: Backend, messages: Sequence[Message]) -> float:
-    feature = probe.metadata.get("feature") or FEATURE_LAST  # files from before features were named
-    return float(probe_harm(probe, conversation_feature(backend, messages, feature)[None])[0])
+def probe_feature(probe: ProbeWeights) -> str:
+    """The feature ``probe`` reads (files from before features were named read the last token)."""
+    return probe.metadata.get("feature") or FEATURE_LAST
+
+
+def conversation_harm(probe: ProbeWeights, backend: Backend,
+                      messages: Sequence[Message]) -> float:
+    """P(harmful) of one conversation under ``probe``."""
+    x = conversation_feature(backend, messages, probe_feature(probe))
+    return float(probe_harm(probe, x[None])[0])
+
+
+def resolve_probe(path: str | Path, backend: Backend) -> ProbeWeights:
+    """The probe in ``path`` (``auto``: this model's calibrated probe, trained on first use:
+    :func:`auto_probe_path`; run it where the model runs)."""
+    return load_probe(auto_probe_path(backend) if str(path) == AUTO else path)
 
 
 def prompt_harm(path: str | Path, backend: Backend, messages: Sequence[Message]) -> float:
     """P(harmful) of one conversation under the probe in ``path`` (``auto``: this model's
     calibrated probe, see :func:`auto_probe_path`)."""
-    if str(path) == AUTO:
-        path = auto_probe_path(backend)
-    return _conversation_harm(load_probe(path), backend, messages)
+    return conversation_harm(resolve_probe(path, backend), backend, messages)
 
 
 def probe_weights(probe: ProbeWeights, backend: Backend, messages: Sequence[Message]) -> FixedWeights:
     """The portable router for one conversation: ``(α, β) = (P(harmful), 1 − P(harmful))``."""
-    p = _conversation_harm(probe, backend, messages)
+    p = conversation_harm(probe, backend, messages)
     return FixedWeights(p, 1.0 - p, name="probe")
 
 

@@ -10,7 +10,8 @@ from guardrail.decoding.forced_check import ForcedPathCheck
 from guardrail.decoding.gated_cd import GatedCDRule, refusal_start_ids
 from guardrail.policy.strategies import GatedCDStrategy
 from guardrail.probes.answer import answer_reader
-from guardrail.probes.prompt import AUTO, auto_probe_path, load_probe, prompt_harm
+from guardrail.probes.prompt import conversation_harm, resolve_probe
+from guardrail.probes.weights import ProbeWeights
 from guardrail.strategies.prompts import contrast_messages
 from guardrail.strategies.registry import Plan, Tools, register
 
@@ -27,6 +28,7 @@ def plan(s: GatedCDStrategy, engine: Engine, messages: list[dict[str, Any]], too
         ids = engine.cached(("refusal_ids", tuple(s.refusal_phrases)),
                             lambda: refusal_start_ids(s.refusal_phrases, engine.backend.tokenize))
     harm = None
+    weights: ProbeWeights | None = None
     timings: dict[str, float] = {}
     gate: dict[str, Any] = {}
     if s.probe is not None:
@@ -34,16 +36,19 @@ def plan(s: GatedCDStrategy, engine: Engine, messages: list[dict[str, Any]], too
                 "refuse_above": s.probe.refuse_above}
         if s.steps > 0:
             path = s.probe.path  # the probe runs the model: where the model runs
+
+            def read() -> tuple[ProbeWeights, float]:
+                w = resolve_probe(path, engine.backend)
+                return w, conversation_harm(w, engine.backend, messages)
+
             t0 = time.perf_counter()
-            harm = engine.run(lambda: prompt_harm(path, engine.backend, messages))
+            weights, harm = engine.run(read)
             timings["probe_s"] = time.perf_counter() - t0
     rule = GatedCDRule(ids, alpha=s.alpha, lam=s.lam, beta=s.beta, steps=s.steps, harm=harm,
                        **gate)
     check = None
-    if s.probe is not None and s.probe.check is not None and harm is not None \
-            and harm < s.probe.threshold:  # the zones where an answer may be changed
-        weights = load_probe(auto_probe_path(engine.backend) if s.probe.path == AUTO
-                             else s.probe.path)
+    if s.probe is not None and s.probe.check is not None and weights is not None \
+            and harm is not None and harm < s.probe.threshold:  # where an answer may change
         check = ForcedPathCheck(s.probe.check.after, s.probe.check.threshold,
                                 answer_reader(weights, engine.backend, messages, tools))
     convs = [messages]

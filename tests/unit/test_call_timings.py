@@ -41,11 +41,12 @@ def test_a_decoded_call_reports_scheduler_planning_and_guard_parts() -> None:
 def test_probe_time_is_reported_and_counted_in_the_guard(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    def slow_probe(path: str, backend: object, messages: object) -> float:
+    def slow_probe(probe: object, backend: object, messages: object) -> float:
         time.sleep(0.05)
         return 0.1
 
-    monkeypatch.setattr(gated_cd, "prompt_harm", slow_probe)
+    monkeypatch.setattr(gated_cd, "resolve_probe", lambda path, backend: object())
+    monkeypatch.setattr(gated_cd, "conversation_harm", slow_probe)
     policy = tmp_path / "gated.yaml"
     policy.write_text(
         "name: gated\nstrategy: {kind: gated_cd, steps: 2, probe: {path: auto, threshold: 0.3}}\n"
