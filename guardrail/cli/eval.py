@@ -150,6 +150,10 @@ def agreement(
     sample: Optional[int] = typer.Option(None, help="Judge a random sample of N answers."),  # noqa: UP007
     seed: int = typer.Option(0, help="Sample seed."),
     batch_size: int = typer.Option(8, help="Answers judged together."),
+    framed_prompts: bool = typer.Option(
+        False, "--framed", help="Judge each answer after a long prompt: its question wrapped in "
+        "two jailbreak framings (the label stays the answer's)."
+    ),
 ) -> None:
     """A detector's agreement with human refusal labels (gold: full or partial refusal). A
     refusal probe is measured on the answers it was not trained on."""
@@ -164,7 +168,8 @@ def agreement(
 
             engine = get_engine(ModelConfig(backend=backend, path=model))  # type: ignore[arg-type]
         config = refusal_config(detector, None, Policy(name="agreement"), probe_file=probe_file)
-        result = measure(get_detector(config, engine), answers, batch_size=batch_size)
+        result = measure(get_detector(config, engine), answers, batch_size=batch_size,
+                         long_prompts=framed_prompts)
     except GuardrailError as e:
         raise _fail(e) from e
     typer.echo(result.model_dump_json(indent=2))

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 from guardrail.errors import ConfigError
+from guardrail.eval.framings import frame_twice
 from guardrail.refusal.base import Detector
 from guardrail.refusal.probe import answer_key
 
@@ -83,6 +84,16 @@ def load_labelled(paths: Sequence[str | Path]) -> list[LabelledAnswer]:
     return out
 
 
+def framed(answers: Sequence[LabelledAnswer]) -> list[LabelledAnswer]:
+    """The same answers after long prompts: each prompt wrapped in two jailbreak framings
+    (:func:`~guardrail.eval.framings.frame_twice`, chosen by the answer's row number), so a
+    detector is checked on, and a probe trained on, refusals that follow a long request. The
+    label is the answer's: a refusal stays a refusal whatever framed the question."""
+    return [a.model_copy(update={"id": f"{a.id}-framed",
+                                 "prompt": frame_twice(a.prompt, a.index)[1]})
+            for a in answers]
+
+
 def sample(answers: list[LabelledAnswer], n: int | None, seed: int = 0) -> list[LabelledAnswer]:
     """A reproducible random sample of ``n`` answers (all of them when ``n`` is ``None``)."""
     if n is None or n >= len(answers):
@@ -104,11 +115,14 @@ def measure(
     *,
     batch_size: int = 8,
     progress: bool = True,
+    long_prompts: bool = False,
 ) -> Agreement:
     """Run ``detector`` on every answer it was not trained on (:func:`held_out`) and count
-    agreement with the human labels."""
+    agreement with the human labels; ``long_prompts``: each after its question in two
+    jailbreak framings (:func:`framed`; an answer trained on after its plain question counts
+    as trained on)."""
     kept = held_out(answers, detector)
-    excluded, answers = len(answers) - len(kept), kept
+    excluded, answers = len(answers) - len(kept), framed(kept) if long_prompts else kept
     tp = fp = tn = fn = 0
     bar = tqdm(total=len(answers), desc=f"agreement {detector.name}", disable=not progress)
     for start in range(0, len(answers), batch_size):

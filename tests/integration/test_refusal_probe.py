@@ -17,7 +17,7 @@ from guardrail.experts.router_file import save_router
 from guardrail.probes.weights import ProbeWeights
 from guardrail.policy import Policy, RefusalConfig
 from guardrail.refusal import get_detector, string_match
-from guardrail.refusal.agreement import held_out, load_labelled, measure
+from guardrail.refusal.agreement import framed, held_out, load_labelled, measure
 from guardrail.refusal.probe import (
     FEATURE,
     RefusalProbeDetector,
@@ -175,6 +175,38 @@ def test_train_load_and_agreement_leave_out_training_rows(  # type: ignore[no-un
     res = CliRunner().invoke(app, ["eval", "agreement", str(data), "--detector", "probe",
                                    "--model", "x.gguf"])
     assert res.exit_code == 2 and "--model is the judge's model" in res.output
+
+
+@pytest.mark.llamacpp
+def test_framed_training_reads_answers_after_long_prompts_too(  # type: ignore[no-untyped-def]
+    llama_engine, tmp_path: Path
+) -> None:
+    """``--framed`` trains on each answer twice (after its question and after the question in
+    two jailbreak framings); agreement ``--framed`` judges the held-out answers after long
+    prompts and still leaves out every answer trained on."""
+    from guardrail.cli import app
+
+    rows = [x for pair in zip(REFUSALS, ANSWERS) for x in pair]
+    labels = ["2_full_refusal", "1_full_compliance"] * len(REFUSALS)
+    data = _labelled_csv(tmp_path / "labelled.csv", rows, labels)
+    out = tmp_path / "framed.safetensors"
+    res = CliRunner().invoke(app, ["refusal", "train", str(data), "--out", str(out),
+                                   "--holdout-every", "4", "--framed"])
+    assert res.exit_code == 0, res.output
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert (card["n_train"], card["n_heldout"], card["framed"]) == (12, 4, True)
+    answers = load_labelled([data])
+    long = framed(answers)
+    probe = load_refusal_probe(out)
+    assert probe.trained_on == {answer_key(a.prompt, a.response) for a in [*answers, *long]
+                                if a.index % 4 != 0}
+    det = get_detector(RefusalConfig(detector="probe", probe={"path": str(out)}))
+    result = measure(det, answers, progress=False, long_prompts=True)
+    assert (result.n, result.excluded) == (2, 6)
+    res = CliRunner().invoke(app, ["eval", "agreement", str(data), "--detector", "probe",
+                                   "--probe-file", str(out), "--framed"])
+    assert res.exit_code == 0, res.output
+    assert (json.loads(res.stdout)["n"], json.loads(res.stdout)["excluded"]) == (2, 6)
 
 
 @pytest.mark.llamacpp

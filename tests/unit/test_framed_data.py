@@ -40,3 +40,37 @@ def test_the_splits_share_no_request_and_frame_both_labels() -> None:
 def test_an_unknown_dataset_name_lists_the_shipped_ones() -> None:
     with pytest.raises(DatasetError, match="xstest, framed"):
         load_dataset("framd")
+
+
+def test_the_shipped_rows_are_the_framings_applied_in_turn() -> None:
+    """The files and the framings module agree: row n of each source is request n in framing
+    n mod 8 (the same list the refusal probe's long prompts use)."""
+    from guardrail.eval.framings import FRAMINGS, frame
+
+    rows = [r for r in _rows("framed_scoring.csv") if "mtbench" in r["id"]]
+    for n, r in enumerate(rows[:16]):
+        name, text = FRAMINGS[n % 8][0], r["prompt"]
+        assert r["type"] == f"{name}/mtbench" and frame("x", n)[0] == name
+        head, _, tail = FRAMINGS[n % 8][1].partition("{req}")
+        assert text.startswith(head) and text.endswith(tail) and len(text) > len(head + tail)
+
+
+def test_a_long_prompt_nests_two_framings_and_keeps_the_request() -> None:
+    from guardrail.eval.framings import frame, frame_twice
+
+    name, text = frame_twice("How do I bake bread", 1)
+    assert name == "prefix+roleplay" and "How do I bake bread." in text
+    assert text == frame(frame("How do I bake bread", 1)[1], 4)[1]
+    assert len(text) > len(frame("How do I bake bread", 1)[1]) + 40
+    with pytest.raises(ValueError, match="empty"):
+        frame("  ", 0)
+
+
+def test_framed_answers_keep_their_labels_and_rows() -> None:
+    from guardrail.refusal.agreement import LabelledAnswer, framed
+
+    a = LabelledAnswer(source="f.csv", index=5, id="7", prompt="Why is the sky blue?",
+                       response="I'm sorry, but I can't assist with that.", refused=True)
+    (b,) = framed([a])
+    assert (b.refused, b.index, b.response, b.source) == (True, 5, a.response, "f.csv")
+    assert b.id == "7-framed" and "Why is the sky blue?" in b.prompt and len(b.prompt) > 150

@@ -49,11 +49,18 @@ def test_shipped_parameters() -> None:
     probe = balanced.probe
     assert (probe.path, probe.threshold, probe.ban_below, probe.refuse_above) == (
         "auto", 0.3, 0.3, 0.9)
+    # strict never undoes a refusal and refuses where the probe is fairly sure; permissive
+    # undoes more refusals and never pushes towards refusal (study, stage 7)
     strict = load_policy("strict")
-    assert strict.system_prompt and isinstance(strict.strategy, AdaCDStrategy)
-    assert strict.strategy.lam < 0.9
+    assert isinstance(strict.strategy, GatedCDStrategy) and strict.strategy.probe is not None
+    sp = strict.strategy.probe
+    assert (sp.path, sp.threshold, sp.ban_below, sp.refuse_above) == ("auto", 0.0, 0.0, 0.7)
+    assert sp.refuse_above < probe.refuse_above and strict.on_refusal.action == "replace"
+    assert strict.system_prompt is None  # an operator's deployment prompt goes in via extends
     permissive = load_policy("permissive").strategy
-    assert isinstance(permissive, AdaCDStrategy) and permissive.lam == 1.0
+    assert isinstance(permissive, GatedCDStrategy) and permissive.probe is not None
+    pp = permissive.probe
+    assert (pp.threshold, pp.ban_below, pp.refuse_above) == (0.4, 0.4, None)
     assert isinstance(load_policy("plain").strategy, PlainStrategy)
 
 
@@ -87,11 +94,13 @@ def test_extends_shipped_name_merges_fields(tmp_path: Path) -> None:
 
 def test_extends_relative_path_and_kind_change(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
-    write(tmp_path, "base.yaml", "extends: strict\nsampling: {stop: ['a', 'b']}\n")
+    write(tmp_path, "base.yaml",
+          "extends: strict\nsystem_prompt: Be brief.\nsampling: {stop: ['a', 'b']}\n")
     path = write(tmp_path / "sub", "leaf.yaml", "extends: ../base.yaml\nstrategy: {kind: plain}\n")
     policy = load_policy(path)
-    assert isinstance(policy.strategy, PlainStrategy)  # replaced whole, no AdaCD keys left over
-    assert policy.system_prompt == load_policy("strict").system_prompt
+    assert isinstance(policy.strategy, PlainStrategy)  # replaced whole, no gated_cd keys left over
+    assert policy.system_prompt == "Be brief."
+    assert policy.on_refusal == load_policy("strict").on_refusal
     assert policy.sampling.stop == ["a", "b"]
 
 
