@@ -12,7 +12,8 @@ on the answer instead of the request). The weights are fitted on human-labelled 
 The shipped probe (``guardrail/data/refusal_probe.safetensors``) reads the embedded
 SmolLM2-135M-Instruct on llama.cpp and was trained on the 600 XSTest human-labelled answers
 (Llama-2-70b-chat and Mistral-7B-Instruct) to the prompts whose row index is not a multiple of
-3; the other 300 are its held-out check. A probe file lists the answers it was trained on
+3, each after its question and after the question in two jailbreak framings (``--framed``), so
+refusals after long requests read as refusals; the other 300 are its held-out check. A probe file lists the answers it was trained on
 (hashes), so agreement measurements leave them out.
 """
 

@@ -52,7 +52,7 @@ def test_shipped_probe_file() -> None:
     assert probe.weights.metadata["feature"] == FEATURE
     assert probe.answer_tokens == 24 and probe.threshold == 0.5
     # XSTest answers to the rows i % 3 != 0 of both files: 600, two of them the same text
-    assert len(probe.trained_on) == 599
+    assert len(probe.trained_on) == 1198  # 600 answers, after their questions and long prompts
     assert probe.weights.hidden == 2 * 576  # SmolLM2-135M: last token + answer mean
     assert shipped_probe_path().is_file()
 
