@@ -88,10 +88,16 @@ def framed(answers: Sequence[LabelledAnswer]) -> list[LabelledAnswer]:
     """The same answers after long prompts: each prompt wrapped in two jailbreak framings
     (:func:`~guardrail.eval.framings.frame_twice`, chosen by the answer's row number), so a
     detector is checked on, and a probe trained on, refusals that follow a long request. The
-    label is the answer's: a refusal stays a refusal whatever framed the question."""
-    return [a.model_copy(update={"id": f"{a.id}-framed",
-                                 "prompt": frame_twice(a.prompt, a.index)[1]})
-            for a in answers]
+    label is the answer's: a refusal stays a refusal whatever framed the question. An answer
+    whose question is empty cannot be framed: :class:`ConfigError` naming its file and row."""
+    out: list[LabelledAnswer] = []
+    for a in answers:
+        if not a.prompt.strip():
+            raise ConfigError(f"{a.source} row {a.index + 2}: the prompt is empty, so it cannot "
+                              "be wrapped in a framing (--framed)")
+        out.append(a.model_copy(update={"id": f"{a.id}-framed",
+                                        "prompt": frame_twice(a.prompt, a.index)[1]}))
+    return out
 
 
 def sample(answers: list[LabelledAnswer], n: int | None, seed: int = 0) -> list[LabelledAnswer]:

@@ -13,8 +13,8 @@ The shipped probe (``guardrail/data/refusal_probe.safetensors``) reads the embed
 SmolLM2-135M-Instruct on llama.cpp and was trained on the 600 XSTest human-labelled answers
 (Llama-2-70b-chat and Mistral-7B-Instruct) to the prompts whose row index is not a multiple of
 3, each after its question and after the question in two jailbreak framings (``--framed``), so
-refusals after long requests read as refusals; the other 300 are its held-out check. A probe file lists the answers it was trained on
-(hashes), so agreement measurements leave them out.
+refusals after long requests read as refusals; the other 300 are its held-out check. A probe
+file lists the answers it was trained on (hashes), so agreement measurements leave them out.
 """
 
 from __future__ import annotations

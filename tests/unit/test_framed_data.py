@@ -74,3 +74,7 @@ def test_framed_answers_keep_their_labels_and_rows() -> None:
     (b,) = framed([a])
     assert (b.refused, b.index, b.response, b.source) == (True, 5, a.response, "f.csv")
     assert b.id == "7-framed" and "Why is the sky blue?" in b.prompt and len(b.prompt) > 150
+    from guardrail.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"f\.csv row 7: the prompt is empty"):
+        framed([a.model_copy(update={"prompt": "  "})])
