@@ -60,16 +60,30 @@ def scoring_set(shared: Path, out: Path) -> Path:
 
 
 def rates(run_dir: Path) -> dict[str, dict[str, float]]:
-    """Refusal rate per policy and prompt group (safe / unsafe / jailbreakbench)."""
+    """Refusal rate per policy and prompt group: XSTest safe and unsafe (the targets' "scoring
+    prompts"), JailbreakBench's odd rows, MT-Bench."""
     out: dict[str, dict[str, list[bool]]] = {}
     for r in ResultsFile(run_dir).read():
         if r.failed:
             continue
-        g = out.setdefault(r.policy, {"safe": [], "unsafe": [], "jailbreakbench": []})
-        g[r.label].append(r.refused)
-        if r.type == "jailbreakbench":
-            g["jailbreakbench"].append(r.refused)
-    return {p: {k: sum(v) / len(v) for k, v in g.items() if v} for p, g in out.items()}
+        group = f"xstest-{r.label}" if r.type.startswith("xstest") else r.type
+        out.setdefault(r.policy, {}).setdefault(group, []).append(bool(r.refused))
+    return {p: {k: sum(v) / len(v) for k, v in g.items()} for p, g in out.items()}
+
+
+GROUPS = ("xstest-safe", "xstest-unsafe", "jailbreakbench", "mt_bench")
+
+
+def table(runs: dict[str, Path]) -> str:
+    """The study's table: each run by each detector (the run's own and the keyword rescore)."""
+    lines = ["policy | detector | XSTest safe refused | XSTest unsafe refused | "
+             "JailbreakBench refused | MT-Bench refused", "|---|---|---|---|---|---|"]
+    for run_dir in [*runs.values(), *(d.with_name(d.name + "-keyword") for d in runs.values())]:
+        detector = "keyword" if run_dir.name.endswith("-keyword") else "probe"
+        for policy, r in rates(run_dir).items():
+            cells = " | ".join(f"{r[g]:.3f}" if g in r else "-" for g in GROUPS)
+            lines.append(f"{policy} | {detector} | {cells}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -83,6 +97,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--samples", type=int, default=2, help="Answers per teacher and prompt.")
     ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--teacher", action="append", dest="teachers", default=None,
+                    help="Teacher policy (repeatable; default plain, balanced, safety_prompt).")
+    ap.add_argument("--router-steps", type=int, default=-1,
+                    help="Cap on the in-layer router's steps (-1: one epoch).")
     args = ap.parse_args()
     threads = {} if args.threads is None else {"model": {"n_threads": args.threads}}
 
@@ -99,11 +117,11 @@ def main() -> None:
 
     prefs = args.out / "preferences"
     stage("preferences", lambda: generate_preferences(
-        "calibration", prefs, teachers=["plain", "balanced", "safety_prompt"],
+        "calibration", prefs, teachers=args.teachers or ["plain", "balanced", "safety_prompt"],
         samples=args.samples, temperature=args.temperature, max_new_tokens=args.tokens, model=args.model, backend="llamacpp",
         batch_size=8, threads=args.threads))
     lora = LoraSettings(learning_rate=args.lr, epochs=args.epochs, threads=args.threads)
-    router = RouterSettings(threads=args.threads)
+    router = RouterSettings(threads=args.threads, max_steps=args.router_steps)
     experts = stage("experts", lambda: train_experts(prefs / "pairs.jsonl", args.out / "experts",
                                                       model=args.model, lora=lora,
                                                       router=router))
@@ -121,13 +139,7 @@ def main() -> None:
     for name, run_dir in runs.items():
         stage(f"rescore {name}", lambda d=run_dir: ev.rescore(
             d, out=d.with_name(d.name + "-keyword"), detector="string_match"))
-    print("\npolicy | detector | safe refused | unsafe refused | JailbreakBench refused")
-    for run_dir in [*runs.values(), *(d.with_name(d.name + "-keyword") for d in runs.values())]:
-        detector = "keyword" if run_dir.name.endswith("-keyword") else "probe"
-        for policy, r in rates(run_dir).items():
-            print(f"{policy} | {detector} | {r.get('safe', float('nan')):.3f} | "
-                  f"{r.get('unsafe', float('nan')):.3f} | "
-                  f"{r.get('jailbreakbench', float('nan')):.3f}")
+    print("\n" + table(runs))
     print("\n" + json.dumps({k: round(v) for k, v in clock.items()}))
 
 
