@@ -29,6 +29,7 @@ import os
 import tempfile
 import time
 from typing import Any
+from unittest import mock
 
 import typer
 
@@ -65,28 +66,21 @@ def _forked(balanced: Any, first_word: str, check: float | None) -> Any:
 
 
 def bench(cfg: ModelConfig, n: int, repeats: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as cache:  # first use: no cached probe
-        old = os.environ.get("GUARDRAIL_CACHE")
-        os.environ["GUARDRAIL_CACHE"] = cache
-        try:
-            engine = get_engine(cfg)
-            balanced = load_policy("balanced")
-            t0 = time.perf_counter()
-            _timed(engine, balanced, 1)
-            first_use = time.perf_counter() - t0
-            plain_s, plain_gen = _best(engine, load_policy("plain"), n, repeats)
-            first_word = plain_gen.text.split()[0]
-            rows = {"plain": plain_s}
-            rows["balanced"], gen = _best(engine, balanced, n, repeats)
-            harm = gen.probe.get("harm")
-            for name, check in (("forked", None), ("forked + check", 1.0),
-                                ("forked + fallback", 1e-6)):
-                rows[name], _ = _best(engine, _forked(balanced, first_word, check), n, repeats)
-        finally:
-            if old is None:
-                os.environ.pop("GUARDRAIL_CACHE", None)
-            else:
-                os.environ["GUARDRAIL_CACHE"] = old
+    with tempfile.TemporaryDirectory() as cache, \
+            mock.patch.dict(os.environ, {"GUARDRAIL_CACHE": cache}):  # first use: no cached probe
+        engine = get_engine(cfg)
+        balanced = load_policy("balanced")
+        t0 = time.perf_counter()
+        _timed(engine, balanced, 1)
+        first_use = time.perf_counter() - t0
+        plain_s, plain_gen = _best(engine, load_policy("plain"), n, repeats)
+        first_word = plain_gen.text.split()[0]
+        rows = {"plain": plain_s}
+        rows["balanced"], gen = _best(engine, balanced, n, repeats)
+        harm = gen.probe.get("harm")
+        for name, check in (("forked", None), ("forked + check", 1.0),
+                            ("forked + fallback", 1e-6)):
+            rows[name], _ = _best(engine, _forked(balanced, first_word, check), n, repeats)
     return {
         "backend": cfg.backend, "model": engine.backend.model_name, "tokens": n,
         "threads": cfg.n_threads, "harm": harm, "first_use_s": first_use,
