@@ -129,6 +129,13 @@ class HasHiddenStates(Protocol):
         """:meth:`prompt_hidden_states` at the last token of ``ids`` (``[hidden]``)."""
         ...
 
+    def continued_hidden_states(self, ids: Sequence[int], prompt_len: int) -> NDArray[np.float32]:
+        """:meth:`prompt_hidden_states` of ``ids``, a prompt (its first ``prompt_len`` tokens)
+        and the tokens after it; a backend that keeps a read prompt's cache computes only the
+        tokens after it (equal to a whole read up to float rounding; the backend says how
+        close)."""
+        ...
+
     def prompt_hidden_states_many(
         self, prompts: Sequence[Sequence[int]]
     ) -> list[NDArray[np.float32]]:
@@ -208,6 +215,11 @@ class HiddenStatesMixin:
     def prompt_hidden_state(self, ids: Sequence[int]) -> NDArray[np.float32]:
         """The final hidden state at the last token of ``ids`` (``[hidden]``)."""
         return self.prompt_hidden_states(ids)[-1]  # type: ignore[attr-defined, no-any-return]
+
+    def continued_hidden_states(self, ids: Sequence[int], prompt_len: int) -> NDArray[np.float32]:
+        """A whole read of ``ids`` (exactly :meth:`prompt_hidden_states`); llama.cpp overrides
+        this to compute only the tokens after the cached prompt."""
+        return self.prompt_hidden_states(ids)  # type: ignore[attr-defined, no-any-return]
 
     def prompt_hidden_states_many(
         self, prompts: Sequence[Sequence[int]]

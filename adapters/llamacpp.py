@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from guardrail.adapters._llama_handles import LlamaBatch, LlamaContext, LlamaLoraAdapter, LlamaModel
@@ -51,48 +51,69 @@ PREFILL_CACHE_BYTES = 64 << 20
 """Most bytes of KV state :class:`PrefillCache` keeps."""
 
 
+class Prefill(NamedTuple):
+    """One hidden-state read's prefill of a prompt: what a stream or a later read reuses."""
+
+    logits: NDArray[np.float32]  # at the prompt's last token
+    state: bytes  # the prompt's KV cells as llama.cpp serialises them
+    rows: NDArray[np.float32]  # the output embedding at every prompt token
+
+
 class PrefillCache:
-    """What hidden-state reads prefilled, for the stream that decodes the same prompt next.
+    """What hidden-state reads prefilled, for whatever decodes or reads the same prompt next.
 
     A prompt probe reads the hidden states of exactly the prompt the answer stream then
-    decodes (``balanced``). Its prefill on the embeddings context leaves that prompt's KV cells
-    and last logits; a stream opened on the same token ids loads them instead of computing
-    them again (the same chunks of the same prompt at the same positions: equal cells, equal
-    logits). Entries are taken once, the oldest dropped beyond :data:`PREFILL_CACHE_BYTES`;
-    a prompt too large to keep is not saved at all. Used on the model's thread only.
+    decodes (``balanced``), and the forced-path check later reads that prompt again with the
+    answer after it. The probe's prefill on the embeddings context leaves the prompt's KV cells,
+    last logits and hidden states; a stream opened on the same token ids loads the cells and
+    logits instead of computing them again (the same chunks of the same prompt at the same
+    positions: equal cells, equal logits), and a continued read
+    (:meth:`LlamaCppBackend.continued_hidden_states`) loads the cells and computes only the
+    answer's tokens. Entries stay until the least recently used are dropped beyond
+    :data:`PREFILL_CACHE_BYTES`; a prompt too large to keep is not saved at all. Used on the
+    model's thread only.
     """
 
     def __init__(self, budget: int = PREFILL_CACHE_BYTES) -> None:
         self.budget = budget
         self.bytes_per_token = 0  # learnt from the first state saved
-        self._entries: OrderedDict[tuple[int, ...], tuple[NDArray[np.float32], bytes]] = (
-            OrderedDict())
+        self._entries: OrderedDict[tuple[int, ...], Prefill] = OrderedDict()
         self._bytes = 0
         self.hits = 0
 
-    def put(self, ids: Sequence[int],
-            make: Callable[[], tuple[NDArray[np.float32], bytes]]) -> None:
-        """Save ``make()`` (last logits, sequence state) for ``ids`` if it fits the budget."""
+    @staticmethod
+    def _size(entry: Prefill) -> int:
+        return len(entry.state) + entry.rows.nbytes + entry.logits.nbytes
+
+    def put(self, ids: Sequence[int], make: Callable[[], Prefill]) -> None:
+        """Save ``make()`` for ``ids`` if it fits the budget."""
         if self.bytes_per_token and len(ids) * self.bytes_per_token > self.budget:
             return
-        logits, state = make()
-        self.bytes_per_token = self.bytes_per_token or max(1, len(state) // max(1, len(ids)))
-        if len(state) > self.budget:
+        entry = make()
+        size = self._size(entry)
+        self.bytes_per_token = self.bytes_per_token or max(1, size // max(1, len(ids)))
+        if size > self.budget:
             return
         key = tuple(ids)
         old = self._entries.pop(key, None)
         if old is not None:
-            self._bytes -= len(old[1])
-        self._entries[key] = (logits, state)
-        self._bytes += len(state)
+            self._bytes -= self._size(old)
+        self._entries[key] = entry
+        self._bytes += size
         while self._bytes > self.budget:
-            self._bytes -= len(self._entries.popitem(last=False)[1][1])
+            self._bytes -= self._size(self._entries.popitem(last=False)[1])
 
-    def take(self, ids: Sequence[int]) -> tuple[NDArray[np.float32], bytes] | None:
-        """The saved prefill of ``ids`` (removed), or ``None``."""
-        hit = self._entries.pop(tuple(ids), None)
+    def clear(self) -> None:
+        """Forget every saved prefill."""
+        self._entries.clear()
+        self._bytes = 0
+
+    def get(self, ids: Sequence[int]) -> Prefill | None:
+        """The saved prefill of ``ids`` (now the most recently used), or ``None``."""
+        key = tuple(ids)
+        hit = self._entries.get(key)
         if hit is not None:
-            self._bytes -= len(hit[1])
+            self._entries.move_to_end(key)
             self.hits += 1
         return hit
 
@@ -140,9 +161,9 @@ class LlamaCppStreams(GuardedStreams):
             cap = self._n_batch
             n_stream = 1 if self._backend.shared_context else self._backend.n_seq_max
             for row, (s, p) in enumerate(zip(seqs, prompts)):
-                saved = self._backend._prefills.take(p)
-                if saved is not None and self._ctx.load_seq_state(s, saved[1], n_stream):
-                    last[row] = saved[0]  # a hidden-state read prefilled it already
+                saved = self._backend._prefills.get(p)
+                if saved is not None and self._ctx.load_seq_state(s, saved.state, n_stream):
+                    last[row] = saved.logits  # a hidden-state read prefilled it already
                     yield 0
                     continue
                 for start in range(0, len(p), cap):
@@ -493,29 +514,82 @@ class LlamaCppBackend(HiddenStatesMixin, Backend):
             self._embed = (ctx, LlamaBatch(lib, self.n_batch))
         return self._embed
 
+    def forget_prefills(self) -> None:
+        """Drop the saved prefills of hidden-state reads (:class:`PrefillCache`), so the next
+        request of any prompt computes its prefill (a benchmark timing cold requests)."""
+        self._prefills.clear()
+
+    def _check_read(self, ids: Sequence[int], what: str) -> list[int]:
+        ids = [int(t) for t in ids]
+        if not ids or len(ids) > self._n_ctx:
+            raise ConfigError(f"{what}: {len(ids)} tokens; between 1 and n_ctx={self._n_ctx} "
+                              "can be read")
+        return ids
+
+    def _embed_chunks(self, ids: Sequence[int], start: int) -> NDArray[np.float32]:
+        """Decode ``ids`` at positions ``start``.. on sequence 0 of the embeddings context, in
+        chunks of :attr:`n_batch` from ``start``; their output embeddings."""
+        ctx, batch = self._embedding_context()
+        n_embd = self._model.n_embd()
+        rows: list[NDArray[np.float32]] = []
+        for at in range(0, len(ids), self.n_batch):
+            chunk = range(at, min(at + self.n_batch, len(ids)))
+            batch.fill([(ids[i], start + i, 0, True) for i in chunk])
+            ctx.decode(batch)
+            rows.extend(ctx.embeddings_ith(j, n_embd).astype(np.float32)
+                        for j in range(len(chunk)))
+        return np.stack(rows)
+
+    def _read_prompt(self, ids: Sequence[int]) -> NDArray[np.float32]:
+        """A prompt's prefill on the (empty) embeddings context, saved for reuse."""
+        ctx, _ = self._embedding_context()
+        rows = self._embed_chunks(ids, 0)
+        last = (len(ids) - 1) % self.n_batch  # the last chunk's last row
+
+        def saved() -> Prefill:
+            kept = rows.copy()
+            kept.setflags(write=False)
+            return Prefill(ctx.logits_ith(last, self._n_vocab).copy(), ctx.seq_state(0), kept)
+
+        self._prefills.put(ids, saved)
+        return rows
+
     def prompt_hidden_states(self, ids: Sequence[int]) -> NDArray[np.float32]:
         """llama.cpp's output embedding (``result_norm``) of every prompt token, from a
         prefill on the backend's embeddings context (the streams' cache is not touched), in
         chunks of :attr:`n_batch` as a stream's prefill."""
-        ids = [int(t) for t in ids]
-        if not ids or len(ids) > self._n_ctx:
-            raise ConfigError(f"prompt_hidden_states: {len(ids)} tokens; between 1 and "
-                              f"n_ctx={self._n_ctx} can be read")
-        ctx, batch = self._embedding_context()
-        n_embd = self._model.n_embd()
-        rows: list[NDArray[np.float32]] = []
+        ids = self._check_read(ids, "prompt_hidden_states")
+        ctx, _ = self._embedding_context()
         try:
-            for start in range(0, len(ids), self.n_batch):
-                chunk = range(start, min(start + self.n_batch, len(ids)))
-                batch.fill([(ids[i], i, 0, True) for i in chunk])
-                ctx.decode(batch)
-                rows.extend(ctx.embeddings_ith(j, n_embd).astype(np.float32)
-                            for j in range(len(chunk)))
-            self._prefills.put(ids, lambda: (ctx.logits_ith(len(chunk) - 1, self._n_vocab)
-                                             .copy(), ctx.seq_state(0)))
+            return self._read_prompt(ids)
         finally:
             ctx.remove_sequence(0)
-        return np.stack(rows)
+
+    def continued_hidden_states(self, ids: Sequence[int], prompt_len: int) -> NDArray[np.float32]:
+        """:meth:`prompt_hidden_states` of ``ids``, a prompt (its first ``prompt_len`` tokens)
+        and what follows it (an answer so far: the forced-path check's read). The prompt is
+        prefilled exactly as :meth:`prompt_hidden_states` prefills it (loaded from
+        :class:`PrefillCache` when a read saved it, as the prompt probe's did), and the tokens
+        after it are computed in chunks of their own on top. So the result does not depend on
+        whether the prompt was cached (equal arrays either way), it costs one decode of the
+        answer's tokens instead of a prefill of everything when it was, and it equals
+        :meth:`prompt_hidden_states` of ``ids`` up to float rounding (the chunks are cut
+        differently)."""
+        ids = self._check_read(ids, "continued_hidden_states")
+        if not 0 < prompt_len < len(ids):
+            return self.prompt_hidden_states(ids)
+        ctx, _ = self._embedding_context()
+        prompt = ids[:prompt_len]
+        try:
+            saved = self._prefills.get(prompt)
+            if saved is not None and ctx.load_seq_state(0, saved.state, 1):
+                head = saved.rows
+            else:
+                ctx.remove_sequence(0)
+                head = self._read_prompt(prompt)
+            return np.concatenate([head, self._embed_chunks(ids[prompt_len:], prompt_len)])
+        finally:
+            ctx.remove_sequence(0)
 
     def open(self, prompts: Sequence[Sequence[int]]) -> LlamaCppStreams:
         if not prompts:

@@ -2,7 +2,8 @@
 
 For each backend (embedded model unless ``--model``), N new tokens (default 128), through the
 engine exactly as a chat model calls it (plan: the prompt probe's read and the streams; then the
-loop), best of ``--repeats`` after a warm-up:
+loop), best of ``--repeats`` after a warm-up, each request cold (llama.cpp's saved prefills are
+dropped first, so no request loads the prompt another one's read prefilled):
 
 * ``plain``            the shipped ``plain`` policy;
 * ``balanced``         the shipped ``balanced`` policy on a harmless prompt the model answers
@@ -43,6 +44,9 @@ TARGET = 1.15
 
 def _timed(engine: Any, policy: Any, n: int) -> tuple[float, Any]:
     msgs = [{"role": "user", "content": PROMPT}]
+    forget = getattr(engine.backend, "forget_prefills", None)
+    if forget is not None:  # every request cold: no prefill saved by an earlier one's read
+        engine.run(forget)
     t0 = time.perf_counter()
     req = engine.request(policy, msgs)
     req = dataclasses.replace(req, max_new_tokens=n, min_new_tokens=n)

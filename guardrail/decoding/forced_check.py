@@ -21,7 +21,8 @@ P(harmful) of the conversation with the answer so far, read from the model's own
 Greedy answers that fall back therefore equal plain decoding's (up to the float sums of a
 different batch); a seeded sampled one is deterministic but not plain's, since the generator has
 drawn for the dropped tokens. A fork costs C tokens of streaming delay and one hidden-state read
-of the prompt plus ``f + C`` tokens, and a fallback one more prefill. A read that raises counts
+of the prompt plus ``f + C`` tokens (on llama.cpp only the ``f + C`` tokens are computed, on top
+of the prompt probe's cached prefill), and a fallback one more prefill. A read that raises counts
 as harmful (the model's own answer; the trace says ``error``). A request the loop cannot rewind
 (logits processors keep state: grammars, forced tool calls; or a backend whose streams cannot be
 added while running) fails closed: it is decoded under ``fallback`` from its first token, so a

@@ -39,10 +39,13 @@ def answer_reader(
                           f"{feature!r} (train it again: guardrail calibrate --force, or "
                           "guardrail router train)")
     model = require(backend, HasHiddenStates, "the forced-path check")
-    start, end = user_span(backend, messages, encode(backend, messages, tools=tools))
+    enc = encode(backend, messages, tools=tools)
+    start, end = user_span(backend, messages, enc)
+    prompt_len = len(enc.ids)
 
     def read(ids: Sequence[int]) -> float:
-        states = model.prompt_hidden_states(ids)
+        # the prompt as the probe read it, then the answer: llama.cpp computes only the answer
+        states = model.continued_hidden_states(ids, prompt_len)
         x = np.concatenate([states[-1], states[start:end].mean(axis=0)]).astype(np.float32)
         return float(probe_harm(probe, x[None])[0])
 

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from guardrail.adapters.llamacpp import LlamaCppBackend, PrefillCache
+from guardrail.adapters.llamacpp import LlamaCppBackend, Prefill, PrefillCache
 
 from guardrail.errors import BackendError
 from guardrail.models import embedded_model_path
@@ -101,11 +101,37 @@ def test_a_state_llama_cpp_refuses_falls_back_to_a_prefill(backend: LlamaCppBack
     ps = prompts(backend)
     want = alone(backend, ps[2], steps=2)
     backend._prefills = PrefillCache()
-    backend._prefills.put(ps[2], lambda: (np.zeros(backend.vocab_size, np.float32),
-                                          b"not a llama.cpp state"))
+    backend._prefills.put(ps[2], lambda: Prefill(np.zeros(backend.vocab_size, np.float32),
+                                                 b"not a llama.cpp state",
+                                                 np.zeros((len(ps[2]), 1), np.float32)))
     with backend.open([ps[2]]) as s:
         z = s.logits()[0]
         s.append([int(z.argmax())])
         got = [z, s.logits()[0]]
     assert all(np.array_equal(a, b) for a, b in zip(got, want))
     assert backend.free_streams == backend.n_seq_max
+
+
+def test_a_continued_read_computes_only_the_answer_and_does_not_depend_on_the_cache(
+    backend: LlamaCppBackend,
+) -> None:
+    """The forced-path check's read: the prompt's cells from the probe read's prefill, the
+    answer's tokens on top, equal whether or not the prompt was cached."""
+    prompt = prompts(backend)[1]
+    ids = prompt + backend.tokenize_text(" Rain is water that falls from clouds when drops of"
+                                         " vapour grow too heavy to stay up in the air, and it"
+                                         " waters crops, fills rivers and feeds lakes.")
+    n = backend.n_batch
+    assert len(prompt) % n and len(ids) // n > len(prompt) // n  # chunks cut differently
+    backend._prefills = PrefillCache()
+    cold = backend.continued_hidden_states(ids, len(prompt))  # nothing cached: reads the prompt
+    assert backend._prefills.hits == 0
+    head = backend.prompt_hidden_states(prompt)
+    warm = backend.continued_hidden_states(ids, len(prompt))  # loads the prompt's cells
+    assert backend._prefills.hits == 1
+    assert np.array_equal(warm, cold)
+    assert np.array_equal(warm[:len(prompt)], head)
+    whole = backend.prompt_hidden_states(ids)
+    assert warm.shape == whole.shape
+    assert np.allclose(warm, whole, rtol=0, atol=1e-3 * float(np.abs(whole).max()))
+    assert np.array_equal(backend.continued_hidden_states(ids, len(ids)), whole)  # no answer
